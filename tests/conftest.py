@@ -1,0 +1,42 @@
+"""Shared test set-up: quiet, offline, deterministic frameworks."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "course",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("course")
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator, new for every test."""
+    return np.random.default_rng(20261124)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, imported once (a required dependency: never skipped)."""
+    import torch
+
+    return torch
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """Keras 3 on the TensorFlow backend."""
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
+    return keras
