@@ -12,7 +12,9 @@ compared by the relative error
           \\quad (\\text{grad-relerr})
 
 In float64 a correct gradient gives about 1e-8 or less; above 1e-4 it is almost
-certainly wrong. The error is taken over the whole array, not element by
+certainly wrong. (:func:`~bnlib.gradcheck_batchnorm` floors the denominator of ``dx``'s
+error at ``||gamma / sqrt(var + eps) * dout||``, its natural scale, so that a
+batch of two, where ``dx`` is exactly 0, is not reported as wrong.) The error is taken over the whole array, not element by
 element (as CS231n's ``max |a-b| / (|a|+|b|)``): batch norm's ``dx`` has entries
 that are truly near zero (for two values per channel, all of them), where an
 element-wise ratio compares rounding noise with rounding noise.
@@ -63,15 +65,20 @@ def numerical_gradient(f, x, dout, *, h: float = 1e-5) -> np.ndarray:
     return grad
 
 
-def rel_error(a, b) -> float:
-    """Relative error between two arrays, ``||a-b|| / (||a|| + ||b||)`` (``grad-relerr``)."""
+def rel_error(a, b, *, floor: float = 1e-8) -> float:
+    """Relative error between two arrays, ``||a-b|| / max(floor, ||a|| + ||b||)`` (``grad-relerr``).
+
+    ``floor`` is the scale below which differences count as absolute: when both
+    arrays are rounding noise around 0, pass the size the arrays would have if
+    they were not (as :func:`gradcheck_batchnorm` does for ``dx``).
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"rel_error needs arrays of the same shape; got {a.shape} and {b.shape}")
     if a.size == 0:
         return 0.0
-    return float(np.linalg.norm(a - b) / max(1e-8, np.linalg.norm(a) + np.linalg.norm(b)))
+    return float(np.linalg.norm(a - b) / max(floor, np.linalg.norm(a) + np.linalg.norm(b)))
 
 
 def gradcheck_batchnorm(
@@ -104,7 +111,8 @@ def gradcheck_batchnorm(
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(x.shape)
     out, cache = batchnorm_forward(x, gamma, beta, axis=axis, eps=eps)
-    dx, dgamma, dbeta = backward(np.asarray(dout, dtype=np.float64), cache)
+    dout = np.asarray(dout, dtype=np.float64)
+    dx, dgamma, dbeta = backward(dout, cache)
 
     def run(xx, gg, bb):
         return batchnorm_forward(xx, gg, bb, axis=axis, eps=eps)[0]
@@ -115,4 +123,13 @@ def gradcheck_batchnorm(
         "dbeta": numerical_gradient(lambda v: run(x, gamma, v), beta, dout, h=h),
     }
     got = {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
-    return {k: rel_error(np.asarray(got[k]), num[k]) if np.shape(got[k]) == num[k].shape else float("inf") for k in num}
+    # dx is gamma / sqrt(var + eps) * (dout - two correction terms); with two values per
+    # channel the corrections cancel dout exactly and dx is rounding noise around 0, where
+    # a relative error compares noise with noise. Its natural scale, ||gamma * inv_std * dout||,
+    # is the floor of its denominator.
+    gain = (cache.gamma * cache.inv_std).reshape([-1 if i == cache.axis else 1 for i in range(x.ndim)])
+    floors = {"dx": max(1e-8, float(np.linalg.norm(gain * dout))), "dgamma": 1e-8, "dbeta": 1e-8}
+    return {
+        k: rel_error(np.asarray(got[k]), num[k], floor=floors[k]) if np.shape(got[k]) == num[k].shape else float("inf")
+        for k in num
+    }

@@ -132,8 +132,11 @@ class StandardScaler(_Scaler):
     """
 
     def _fit(self, X):
-        self.mean_ = X.mean(axis=0)
-        self.var_ = ((X - self.mean_) ** 2).mean(axis=0)
+        # accumulated in float64 (as scikit-learn does), stored in X's dtype: a float32
+        # feature with mean 1e4 and std 2 would otherwise lose three digits of its mean
+        mean = X.mean(axis=0, dtype=np.float64)
+        self.mean_ = mean.astype(X.dtype)
+        self.var_ = ((X - mean) ** 2).mean(axis=0).astype(X.dtype)
         std = np.sqrt(self.var_)
         self.offset_ = self.mean_
         self.scale_ = np.where(std > 0, std, 1.0)
