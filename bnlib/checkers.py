@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .functional import batch_statistics, batchnorm_backward, batchnorm_forward
+from .gradcheck import numerical_gradient
 from .layer import BatchNorm
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "check_backward",
     "check_running_layer",
     "check_scaler",
+    "check_numerical_gradient",
 ]
 
 RTOL = 1e-6
@@ -492,3 +494,46 @@ def check_scaler(fit, transform, *, kind: str = "standard", seed: int = 0) -> No
     if not _close(got_tr[:, -1], np.zeros(n_train)):
         raise constant
     _compare(np.concatenate([got_tr, got_te]), both(ref), "the scaled training and test data", mistakes)
+
+
+# --------------------------------------------------- numerical gradient ---
+def _probe(x):
+    """A smooth function whose outputs couple all inputs: f(x) = sin(x) * sum(x**2)."""
+    return np.sin(x) * np.sum(x**2)
+
+
+def check_numerical_gradient(fn, *, seed: int = 0) -> None:
+    """Check ``fn(f, x, dout, h=1e-5) -> grad``, the central-difference gradient
+    of ``sum(f(x) * dout)`` with respect to ``x`` (equation ``grad-central``).
+
+    The reference is :func:`bnlib.numerical_gradient` with the same ``h``, so a
+    right answer agrees to rounding error, and a forward difference (error of
+    order ``h``) does not.
+    """
+    r = np.random.default_rng(40_000 + seed)
+    shape = (int(r.integers(2, 4)), int(r.integers(2, 4)))
+    x = r.standard_normal(shape)
+    dout = r.standard_normal(shape)
+    h = float(r.choice([1e-4, 1e-5]))
+    ref = numerical_gradient(_probe, x.copy(), dout, h=h)
+    got = _plain(_call(fn, _probe, x, dout, what="your numerical_gradient", h=h), what="the numerical gradient", shape=shape)
+
+    def one_sided(step_sign):
+        g = np.zeros_like(x)
+        base = np.sum(_probe(x) * dout)
+        for i in np.ndindex(shape):
+            xp = x.copy()
+            xp[i] += step_sign * h
+            g[i] = step_sign * (np.sum(_probe(xp) * dout) - base) / h
+        return g
+
+    if not _close(got, ref, rtol=1e-6, atol=1e-7):
+        _compare(got, ref, "the numerical gradient", {
+            "forward-difference": (lambda: one_sided(+1), "this is a one-sided (forward) difference "
+                                   "(f(x+h) - f(x)) / h, whose error is of order h; use the central difference "
+                                   "(f(x+h) - f(x-h)) / (2h), whose error is of order h**2."),
+            "backward-difference": (lambda: one_sided(-1), "this is a one-sided (backward) difference; use the central difference."),
+            "divided-by-h": (lambda: 2 * ref, "the central difference is divided by h; divide by 2h."),
+            "ignores-dout": (lambda: numerical_gradient(_probe, x.copy(), np.ones(shape), h=h),
+                             "dout is ignored: the gradient is that of sum(f(x) * dout), so weight f's outputs by dout."),
+        })

@@ -273,3 +273,62 @@ def test_wrong_scaler_is_diagnosed(fit, transform, kind, mistake, seed):
     with pytest.raises(CheckFailed) as info:
         check_scaler(fit, transform, kind=kind, seed=seed)
     assert info.value.mistake == mistake, str(info.value)
+
+
+# ----------------------------------------------------- numerical gradient --
+def ng_right(f, x, dout, h=1e-5):
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        plus = np.sum(f(x) * dout)
+        x[i] = old - h
+        minus = np.sum(f(x) * dout)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def ng_forward(f, x, dout, h=1e-5):
+    grad = np.zeros_like(x)
+    base = np.sum(f(x) * dout)
+    for i in np.ndindex(x.shape):
+        xp = x.copy()
+        xp[i] += h
+        grad[i] = (np.sum(f(xp) * dout) - base) / h
+    return grad
+
+
+def ng_not_restored(f, x, dout, h=1e-5):
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        x[i] += h
+        plus = np.sum(f(x) * dout)
+        x[i] -= 2 * h
+        grad[i] = (plus - np.sum(f(x) * dout)) / (2 * h)
+    return grad
+
+
+def ng_by_h(f, x, dout, h=1e-5):
+    return 2 * ng_right(f, x, dout, h)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_right_numerical_gradient_passes(seed):
+    from bnlib.checkers import check_numerical_gradient
+
+    check_numerical_gradient(ng_right, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "wrong, mistake",
+    [(ng_forward, "forward-difference"), (ng_not_restored, "modified-input"), (ng_by_h, "divided-by-h")],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_wrong_numerical_gradient_is_diagnosed(wrong, mistake, seed):
+    from bnlib.checkers import check_numerical_gradient
+
+    with pytest.raises(CheckFailed) as info:
+        check_numerical_gradient(wrong, seed=seed)
+    assert info.value.mistake == mistake, str(info.value)

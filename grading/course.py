@@ -1,0 +1,74 @@
+"""One course directory, driven through nbgrader's Python API.
+
+The configuration is always the project's ``nbgrader_config.py``; a course
+directory elsewhere (a temporary folder in tests, an instructor's grading
+folder) gets a copy of that file, so that paths resolve there.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
+from traitlets.config.loader import PyFileConfigLoader
+
+PROJECT = Path(__file__).resolve().parent.parent
+CONFIG_NAME = "nbgrader_config.py"
+
+
+def assignments(root: Path = PROJECT) -> list[str]:
+    """Names of the assignments in ``root/solutions``, in order."""
+    return sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir() and any(p.glob("*.ipynb")))
+
+
+def make_course(dest: Path, *, with_solutions: bool = True) -> Path:
+    """A course directory at ``dest``: the project's config and, by default, a copy of ``solutions/``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(PROJECT / CONFIG_NAME, dest / CONFIG_NAME)
+    if with_solutions:
+        shutil.copytree(PROJECT / "solutions", dest / "solutions", dirs_exist_ok=True)
+    return dest
+
+
+def api(root: Path) -> NbGraderAPI:
+    """nbgrader's API for the course at ``root``, configured by its ``nbgrader_config.py``."""
+    config = PyFileConfigLoader(CONFIG_NAME, path=str(root)).load_config()
+    return NbGraderAPI(config=config)
+
+
+def _check(result: dict, what: str) -> None:
+    if not result.get("success"):
+        raise RuntimeError(f"nbgrader {what} failed:\n{result.get('error') or result.get('log')}")
+
+
+def generate(course: NbGraderAPI, names=None) -> None:
+    """Generate the student versions of ``names`` (all assignments by default) into ``release/``."""
+    root = Path(course.coursedir.root)
+    for name in names or assignments(root):
+        _check(course.generate_assignment(name), f"generate_assignment {name}")
+
+
+def scores(course: NbGraderAPI, assignment: str, student: str) -> dict[str, tuple[float, float]]:
+    """``{grade_id: (score, max_score)}`` for one autograded submission."""
+    with Gradebook(course.coursedir.db_url) as gb:
+        sub = gb.find_submission(assignment, student)
+        return {g.name: (g.score, g.max_score) for nb in sub.notebooks for g in nb.grades}
+
+
+def autograded_outputs(root: Path, assignment: str, student: str) -> dict[str, str]:
+    """Text of each graded cell's outputs (tracebacks included) in the autograded notebook, by grade id."""
+    out = {}
+    for path in sorted((Path(root) / "autograded" / student / assignment).glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if gid and cell.cell_type == "code":
+                parts = []
+                for o in cell.get("outputs", []):
+                    parts.append(o.get("text", "") + o.get("evalue", "") + "\n".join(o.get("traceback", [])))
+                out[gid] = "\n".join(parts)
+    return out
