@@ -19,3 +19,10 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # Student versions carry no outputs; grading runs each notebook in a fresh kernel.
 c.ExecutePreprocessor.timeout = 120
 c.ExecutePreprocessor.interrupt_on_timeout = True
+
+# Feedback for learners: grades and messages, never the hidden tests.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "grading.feedback.HideHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

@@ -69,6 +69,43 @@ def autograded_outputs(root: Path, assignment: str, student: str) -> dict[str, s
             if gid and cell.cell_type == "code":
                 parts = []
                 for o in cell.get("outputs", []):
-                    parts.append(o.get("text", "") + o.get("evalue", "") + "\n".join(o.get("traceback", [])))
+                    if o.get("output_type") == "error":
+                        parts.append(f"{o.get('ename')}: {o.get('evalue')}\n" + "\n".join(o.get("traceback", [])))
+                    else:
+                        parts.append(o.get("text", ""))
                 out[gid] = "\n".join(parts)
     return out
+
+
+def source_grade_ids(root: Path, assignment: str) -> set[str]:
+    """Grade ids of the cells of an assignment's source notebook(s)."""
+    ids = set()
+    for path in (Path(root) / "solutions" / assignment).glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        ids |= {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells} - {None}
+    return ids
+
+
+KNOWN_FAILURES = [
+    ("DeadKernelError", "the kernel died while running the notebook (os._exit, sys.exit in a forked process, a crash, or too much memory)"),
+    ("CellTimeoutError", "a cell ran past the time limit (an infinite loop?)"),
+    ("TimeoutError", "a cell ran past the time limit (an infinite loop?)"),
+]
+
+
+def last_line(result: dict) -> str:
+    """The most telling line of a failed nbgrader API call, in words where the cause is known."""
+    text = f"{result.get('error') or ''}\n{result.get('log') or ''}"
+    for marker, words in KNOWN_FAILURES:
+        if marker in text:
+            return words
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def export_grades(course: NbGraderAPI, path: Path) -> None:
+    """Every grade in the gradebook as CSV, with nbgrader's own exporter."""
+    from nbgrader.plugins import CsvExportPlugin
+
+    with Gradebook(course.coursedir.db_url) as gb:
+        CsvExportPlugin(to=str(path)).export(gb)

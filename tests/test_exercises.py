@@ -11,26 +11,15 @@
 from __future__ import annotations
 
 import filecmp
-import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from grading import course as C
+from grading.samples import CATALOG, answer_code, fill
 
 ASSIGNMENTS = C.assignments()
-SOLUTION = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*\n", re.M)
-
-
-def answer_code(assignment: str) -> dict[str, str]:
-    """The solution of each autograded answer cell, markers removed, by grade id."""
-    nb = nbformat.read(C.PROJECT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    return {
-        cell.metadata["nbgrader"]["grade_id"]: SOLUTION.sub("", cell.source)
-        for cell in nb.cells
-        if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("solution")
-    }
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +32,9 @@ def course(tmp_path_factory):
 
 def submit(root: Path, assignment: str, student: str, answers: dict[str, str] | None) -> None:
     """Hand in the student version with ``answers`` typed into its answer cells (None: blank)."""
-    nb = nbformat.read(root / "release" / assignment / f"{assignment}.ipynb", as_version=4)
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if answers and gid in answers:
-            cell.source = answers[gid]
     dest = root / "submitted" / student / assignment
     dest.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dest / f"{assignment}.ipynb")
+    nbformat.write(fill(root, assignment, answers), dest / f"{assignment}.ipynb")
 
 
 def grade(root, api, assignment, student, answers):
@@ -111,83 +95,6 @@ def test_blank_notebook_gets_zero(course, assignment):
     got = autograded(scores)
     assert got and all(s == 0 for s, _ in got.values()), got
     assert all("not-implemented" in outputs[g] or "NotImplementedError" in outputs[g] for g in got), outputs
-
-
-# The catalog: (assignment, {answer cell: wrong code}, tests that must lose their points, mistake named).
-FWD_ND = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    {body}\n"
-FWD_4D = "def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):\n    {body}\n"
-STAGED = "def batchnorm_backward_staged(dout, x, gamma, eps=1e-5):\n    {body}\n"
-CLOSED = "def batchnorm_backward(dout, x, gamma, eps=1e-5):\n    {body}\n"
-PRE = "inv = 1 / np.sqrt(x.var(0) + eps); xhat = (x - x.mean(0)) * inv\n    "
-
-
-def layer(update: str, training_stats="x.mean(axes), x.var(axes)", update_in_eval=False) -> str:
-    return f'''
-class RunningBatchNorm:
-    def __init__(self, num_features, momentum, eps, convention):
-        self.m, self.eps, self.conv = momentum, eps, convention
-        self.running_mean, self.running_var = np.zeros(num_features), np.ones(num_features)
-
-    def __call__(self, x, training):
-        axes = tuple(i for i in range(x.ndim) if i != 1)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        n = x.size // x.shape[1]
-        mean, var = ({training_stats}) if training else (self.running_mean, self.running_var)
-        if training or {update_in_eval}:
-            bm, bv = x.mean(axes), x.var(axes)
-            {update}
-        return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + self.eps)
-'''
-
-
-RIGHT_UPDATE = (
-    "w, bv = (self.m, bv * n / (n - 1)) if self.conv == 'torch' else (1 - self.m, bv)\n"
-    "            self.running_mean = (1 - w) * self.running_mean + w * bm\n"
-    "            self.running_var = (1 - w) * self.running_var + w * bv"
-)
-
-CATALOG = [
-    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="return gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta")},
-     {"test-forward-nd"}, "unbiased-variance"),
-    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="return gamma * (x - x.mean(0)) / (x.std(0) + eps) + beta")},
-     {"test-forward-nd"}, "eps-outside-sqrt"),
-    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="m, v = x.mean(1, keepdims=True), x.var(1, keepdims=True)\n    return gamma * (x - m) / np.sqrt(v + eps) + beta")},
-     {"test-forward-nd"}, "statistics-over-features"),
-    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(body="g, b = gamma.reshape(1, -1, 1, 1), beta.reshape(1, -1, 1, 1)\n    return g * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + b")},
-     {"test-forward-nchw"}, "statistics-over-batch-only"),
-    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(body="m, v = x.mean((0, 2, 3), keepdims=True), x.var((0, 2, 3), keepdims=True)\n    return (x - m) / np.sqrt(v + eps)")},
-     {"test-forward-nchw"}, "no-gamma-beta"),
-    ("ch03-backward", {"answer-staged": STAGED.format(body=PRE + "return gamma * inv * (dout - xhat * (dout * xhat).mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
-     {"test-staged"}, "missing-mean-path"),
-    ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * (dout - dout.mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
-     {"test-closed"}, "missing-variance-path"),
-    ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * dout, (dout * xhat).sum(0), dout.sum(0)")},
-     {"test-closed"}, "only-direct-path"),
-    ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * (dout - dout.mean(0) - xhat * (dout * xhat).mean(0)), dout * xhat, dout.sum(0)")},
-     {"test-closed"}, "wrong-shape"),
-    ("ch03-backward", {"answer-numgrad": "def numerical_gradient(f, x, dout, h=1e-5):\n    g = np.zeros_like(x)\n    base = np.sum(f(x) * dout)\n"
-                       "    for i in np.ndindex(x.shape):\n        xp = x.copy(); xp[i] += h\n        g[i] = (np.sum(f(xp) * dout) - base) / h\n    return g\n"},
-     {"test-numgrad"}, "forward-difference"),
-    ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE.replace("(1 - self.m, bv)", "(self.m, bv)"))},
-     {"test-layer-keras"}, "momentum-flipped"),
-    ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE.replace("n / (n - 1)", "x.shape[0] / (x.shape[0] - 1)"))},
-     {"test-layer-torch"}, "bessel-with-N"),
-    ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE.replace("bv * n / (n - 1)", "bv"))},
-     {"test-layer-torch"}, "bessel-flipped"),
-    ("ch04-running-stats", {"answer-layer": layer("pass")},
-     {"test-layer-torch", "test-layer-keras"}, "not-updated"),
-    ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE, update_in_eval=True)},
-     {"test-layer-torch", "test-layer-keras"}, "updated-in-inference"),
-    ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE).replace(
-        "if training else (self.running_mean, self.running_var)", "")},
-     {"test-layer-torch", "test-layer-keras"}, "batch-stats-in-inference"),
-    ("ch01-scaling", {"answer-standard": "def standardize_fit(X):\n    return X.mean(0), X.std(0, ddof=1)\n\n\n"
-                      "def standardize_transform(X, stats):\n    return (X - stats[0]) / np.where(stats[1] == 0, 1.0, stats[1])\n"},
-     {"test-standard"}, "unbiased-std"),
-    ("ch01-scaling", {"answer-minmax": "def minmax_fit(X):\n    return X.min(0), X.max(0)\n\n\n"
-                      "def minmax_transform(X, stats):\n    lo, hi = X.min(0), X.max(0)\n    return (X - lo) / np.where(hi == lo, 1.0, hi - lo)\n"},
-     {"test-minmax"}, "fitted-on-test-data"),
-]
 
 
 @pytest.mark.parametrize("assignment, wrong, losing, mistake", CATALOG, ids=[f"{c[0]}:{c[3]}" for c in CATALOG])
