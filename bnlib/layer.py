@@ -2,7 +2,7 @@
 
 State handling follows PyTorch's ``_BatchNorm`` (parameters, running buffers,
 ``reset_running_stats``, ``train()``/``eval()``); framework differences come
-from a :class:`~bnlib.conventions.Convention`, never from the framework's name.
+from a :class:`~bnlib.Convention`, never from the framework's name.
 PyTorch and Keras are imported only by the conversion methods.
 """
 
@@ -39,7 +39,7 @@ class BatchNorm:
     **Inference mode** (``bn.eval()``) normalizes with the running statistics,
     so each example's output depends on that example alone, and updates nothing.
 
-    As in Keras, **a layer with ``trainable=False`` runs in inference mode even
+    As in Keras, **a layer with trainable=False runs in inference mode even
     in training mode**, and updates nothing. As in PyTorch, a layer with
     ``track_running_stats=False`` has no running statistics and always uses the
     batch's.
@@ -201,7 +201,7 @@ class BatchNorm:
     # ------------------------------------------------------ momentum --------
     @property
     def new_batch_weight(self) -> float | None:
-        """Weight of the new batch in the running update (None: cumulative)."""
+        """Weight of the new batch in the running update, or None for a cumulative average."""
         return None if self.momentum is None else self.convention.update_weights(self.momentum)[1]
 
     # --------------------------------------------------------- PyTorch ----
@@ -320,7 +320,9 @@ class BatchNorm:
             eps=layer.epsilon,
             momentum=layer.momentum,
             convention="keras",
-            affine=bool(layer.scale and layer.center),
+            # Either learned vector makes the layer affine; the missing one keeps
+            # its neutral value (gamma 1 or beta 0), so to_torch/to_keras keep it.
+            affine=bool(layer.scale or layer.center),
             trainable=layer.trainable,
             dtype=dtype,
         )
