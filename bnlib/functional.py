@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _kernels
 from .conventions import get_convention
 
 
@@ -82,19 +82,23 @@ def _prepare(x, gamma, beta, axis, eps):
 
 
 # ------------------------------------------------------------ statistics ----
-def _statistics(x3: np.ndarray, x: np.ndarray):
+def _statistics(x3: np.ndarray, x: np.ndarray, lay: _kernels.Layout | None = None):
     """Mean and biased variance per channel, two-pass (``bn-mean``, ``bn-var``).
 
     Returns ``(mean, var, xc)`` where ``xc = x - mean`` is the centred input,
-    an ``(A, C, B)`` array the caller may overwrite.
+    a new C-contiguous ``(A, C, B)`` array the caller may overwrite (the only
+    input-sized array this function allocates).
     """
+    if lay is None:
+        lay = _kernels.Layout(x3.shape, x3.dtype, x3)
     n = x3.shape[0] * x3.shape[2]
-    mean = _channel_sum(x3) / x.dtype.type(n)
+    mean = lay.channel_sum(x3) / x.dtype.type(n)
     if not np.isfinite(mean).all():
         _checks.check_finite(x, "x")
         _checks.raise_overflow(x, "x")
-    xc = x3 - _col(mean)
-    var = _channel_dot(xc, xc) / x.dtype.type(n)
+    xc = np.empty(x3.shape, dtype=x3.dtype)
+    _kernels.center(lay, x3, mean, xc)
+    var = lay.channel_dot(xc, xc) / x.dtype.type(n)
     if not np.isfinite(var).all():
         _checks.raise_overflow(x, "x")
     return mean, var, xc
@@ -142,11 +146,13 @@ def _forward(x, gamma, beta, ax, eps, *, allow_single_value=False):
     x3 = _as3d(x, ax)
     if x3.shape[0] * x3.shape[2] == 1 and not allow_single_value:
         raise _single_value_error(x)
-    mean, var, xhat3 = _statistics(x3, x)
+    lay = _kernels.Layout(x3.shape, x3.dtype, x3)
+    mean, var, xhat3 = _statistics(x3, x, lay)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
-    xhat3 *= _col(inv_std)  # the centred input becomes xhat in place
-    out3 = xhat3 * _col(gamma)
-    out3 += _col(beta)
+    # the centred input becomes xhat in place; out = xhat * gamma + beta.
+    # Two input-sized arrays in all: xhat (kept in the cache) and out.
+    out3 = np.empty(x3.shape, dtype=x3.dtype)
+    _kernels.scale_affine(lay, xhat3, inv_std, gamma, beta, out3)
     cache = BatchNormCache(xhat3.reshape(x.shape), gamma, inv_std, mean, var, ax, eps)
     return out3.reshape(x.shape), cache
 
@@ -249,16 +255,15 @@ def batchnorm_backward(dout, cache: BatchNormCache):
     g3 = _as3d(dout, ax)
     xhat3 = _as3d(cache.xhat, ax)
     n = g3.shape[0] * g3.shape[2]
-    dbeta = _channel_sum(g3)
+    lay = _kernels.Layout(g3.shape, np.result_type(dout, cache.xhat), g3, xhat3)
+    dbeta = lay.channel_sum(g3)
     if not np.isfinite(dbeta).all():
         _checks.check_finite(dout, "dout")
-    dgamma = _channel_dot(g3, xhat3)
+    dgamma = lay.channel_dot(g3, xhat3)
     # dx = k * (g - mean(g) - xhat * mean(g * xhat)), k = gamma * inv_std,
-    # built in place in one output-sized array.
-    dx3 = xhat3 * _col(-dgamma / n)
-    dx3 += _col(-dbeta / n)
-    dx3 += g3
-    dx3 *= _col(cache.gamma * cache.inv_std)
+    # built in place in one output-sized array, the only one allocated.
+    dx3 = np.empty(g3.shape, dtype=lay.dtype)
+    _kernels.grad_input(lay, g3, xhat3, dbeta / n, dgamma / n, cache.gamma * cache.inv_std, dx3)
     return dx3.reshape(dout.shape), dgamma, dbeta
 
 
