@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python 3.11+:
 #   make book   build the course website into _build/html (the main job)
-#   make test   run every test
+#   make test   build the website, then run every test, the page tests in a
+#               browser included (CI runs this, from a fresh clone)
 # Both create .venv and install the pinned dependencies first when needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,18 +15,56 @@ export PATH := $(BIN):$(PATH)
 # Frameworks stay quiet and offline.
 export TF_CPP_MIN_LOG_LEVEL := 3
 export KERAS_BACKEND := tensorflow
+export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: book test bench env lock clean
+.PHONY: book book-timing browser test bench grade grade-sample release env lock clean
 
+# Warnings and broken references are errors. Executed notebook outputs are
+# cached in _build/.jupyter_cache: an unchanged page is not run again.
 book: $(STAMP)
 	$(BIN)/jupyter-book build -W -n --keep-going .
 
-test: $(STAMP)
+# Cold build (fresh folder, no cache) against an unchanged rebuild.
+book-timing: $(STAMP)
+	$(BIN)/python scripts/build_timing.py
+
+# The page tests (tests/test_site.py) open the built site in Debian's
+# chromium. Install it when it is missing and we can (root with apt-get);
+# otherwise say so: those tests then skip, or fail when CI is set.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: installing Debian's chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || { echo "browser: apt-get install chromium failed"; [ -z "$$CI" ] || exit 1; }; \
+	else \
+	  echo "browser: chromium is missing and cannot be installed here (needs root and apt-get);"; \
+	  echo "         the page tests will skip (under CI they fail)"; \
+	fi
+
+# The tests include the built site: build it first (from scratch on a fresh
+# clone, from the execution cache afterwards).
+test: book browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batchnorm.py
+
+# Autograde a class: make grade SUBMISSIONS=folder-or-lms.zip [GRADE_ARGS="--roster ids.txt"]
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder-or-zip [GRADE_ARGS=...]"; exit 2; }
+	$(BIN)/python -m grading "$(SUBMISSIONS)" $(GRADE_ARGS)
+
+# Try the grading command at once on the shipped sample class (messy on purpose).
+grade-sample: $(STAMP)
+	$(BIN)/python -m grading.samples _grading/sample-submissions
+	$(BIN)/python -m grading _grading/sample-submissions
+
+# Regenerate the student versions in release/ from solutions/ (commit the result).
+release: $(STAMP)
+	$(BIN)/python -c "from grading import course as C; C.generate(C.api(C.PROJECT))"
 
 env: $(STAMP)
 

@@ -75,6 +75,22 @@ RIGHT_UPDATE = (
     "            self.running_var = (1 - w) * self.running_var + w * bv"
 )
 
+# Chapters 5 and 6: Keras and PyTorch answers.
+SEQ = "def make_sequence_bn():\n    return keras.layers.BatchNormalization({args})\n"
+COUNTS = "def param_counts(n_in, n_hidden, n_out):\n    d = n_in * n_hidden + n_hidden * n_out{biases}\n    return {ret}\n"
+FREEZE = "def freeze_batchnorm(model):\n    {body}\n"
+PREDICT = ("def predict(model, x):\n    was = model.training\n    {eval}\n    with torch.no_grad():\n"
+           "        out = model(torch.from_numpy(x)).numpy()\n    {restore}\n    return out\n")
+PORT = ("def keras_bn_to_torch(layer):\n    g, b, m, v = layer.get_weights()\n"
+        "    bn = torch.nn.BatchNorm1d(g.shape[0], {kwargs})\n    with torch.no_grad():\n"
+        "        bn.weight.copy_(torch.from_numpy(g)); bn.bias.copy_(torch.from_numpy(b))\n"
+        "        bn.running_mean.copy_(torch.from_numpy({mean})); bn.running_var.copy_(torch.from_numpy({var}))\n"
+        "    return bn\n")
+FOLD = ("def fold_into_linear(linear, bn):\n    with torch.no_grad():\n"
+        "        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)\n"
+        "        new = torch.nn.Linear(linear.in_features, linear.out_features)\n"
+        "        new.weight.copy_(linear.weight * s[:, None])\n        new.bias.copy_({bias})\n    return new\n")
+
 CATALOG = [
     ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="return gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta")},
      {"test-forward-nd"}, "unbiased-variance"),
@@ -116,9 +132,22 @@ CATALOG = [
     ("ch01-scaling", {"answer-minmax": "def minmax_fit(X):\n    return X.min(0), X.max(0)\n\n\n"
                       "def minmax_transform(X, stats):\n    lo, hi = X.min(0), X.max(0)\n    return (X - lo) / np.where(hi == lo, 1.0, hi - lo)\n"},
      {"test-minmax"}, "fitted-on-test-data"),
+    ("ch05-keras", {"answer-axis": SEQ.format(args="axis=1")}, {"test-axis"}, "normalized-time-steps"),
+    ("ch05-keras", {"answer-counts": COUNTS.format(biases=" + n_hidden + n_out", ret="d + 4 * n_hidden, 0")},
+     {"test-counts"}, "moving-stats-trainable"),
+    ("ch05-keras", {"answer-freeze": FREEZE.format(body="model.trainable = False")}, {"test-freeze"}, "froze-everything"),
+    ("ch05-keras", {"answer-freeze": FREEZE.format(body="for layer in model.layers:\n        layer.trainable = True")},
+     {"test-freeze"}, "not-frozen"),
+    ("ch06-pytorch", {"answer-predict": PREDICT.format(eval="pass", restore="pass")}, {"test-predict"}, "forgot-eval"),
+    ("ch06-pytorch", {"answer-predict": PREDICT.format(eval="model.eval()", restore="model.train()")},
+     {"test-predict"}, "mode-not-restored"),
+    ("ch06-pytorch", {"answer-port": PORT.format(kwargs="momentum=1 - layer.momentum", mean="m", var="v")},
+     {"test-port"}, "eps-not-copied"),
+    ("ch06-pytorch", {"answer-port": PORT.format(kwargs="eps=layer.epsilon, momentum=layer.momentum", mean="m", var="v")},
+     {"test-port"}, "momentum-not-converted"),
+    ("ch06-pytorch", {"answer-fold": FOLD.format(bias="-bn.running_mean * s + bn.bias")},
+     {"test-fold"}, "forgot-linear-bias"),
 ]
-
-
 
 
 def build(dest: Path, root: Path = C.PROJECT) -> Path:

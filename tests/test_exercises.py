@@ -44,6 +44,16 @@ def grade(root, api, assignment, student, answers):
     return C.scores(api, assignment, student), C.autograded_outputs(root, assignment, student)
 
 
+def stderr_of(root, assignment, student):
+    """Text of every stderr stream in the autograded notebook, by grade id (or cell index)."""
+    nb = nbformat.read(root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
+    return {
+        cell.metadata.get("nbgrader", {}).get("grade_id", i): o.get("text", "")
+        for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+        for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"
+    }
+
+
 def autograded(scores):
     """Scores of the autograded test cells (written answers are graded by hand)."""
     return {gid: s for gid, s in scores.items() if gid.startswith("test-")}
@@ -86,6 +96,8 @@ def test_solution_gets_full_marks(course, assignment):
     scores, _ = grade(root, api, assignment, "solver", answer_code(assignment))
     got = autograded(scores)
     assert got and all(s == m for s, m in got.values()), got
+    # a framework's log line on stderr would zero a test cell: none may appear anywhere
+    assert stderr_of(root, assignment, "solver") == {}
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)

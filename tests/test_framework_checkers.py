@@ -1,0 +1,304 @@
+"""The chapter 5 and 6 checkers accept right answers and name each wrong one.
+
+Each wrong answer below is a realistic mistake; the checker must reject it
+with the expected diagnosis on several seeds (sizes and values differ with
+the seed), and accept the right answer on the same seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+
+from bnlib import framework_checkers as fc
+from bnlib.checkers import CheckFailed
+
+SEEDS = (0, 1, 7)
+
+
+def diagnosis(check, answer, **kwargs):
+    """The mistake name the checker gives ``answer`` (fails the test if it accepts it)."""
+    with pytest.raises(CheckFailed) as info:
+        check(answer, **kwargs)
+    return info.value.mistake
+
+
+# ------------------------------------------------------------ chapter 5 ---
+def seq_bn(**kw):
+    return lambda: keras.layers.BatchNormalization(**kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sequence_bn_accepts_the_last_axis_however_it_is_written(seed):
+    fc.check_sequence_bn(seq_bn(), seed=seed)
+    fc.check_sequence_bn(seq_bn(axis=2), seed=seed)
+    fc.check_sequence_bn(seq_bn(axis=-1, epsilon=0.01), seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, mistake", [
+    (seq_bn(axis=1), "normalized-time-steps"),
+    (seq_bn(axis=0), "normalized-examples"),
+    (lambda: keras.layers.BatchNormalization, "returned-class"),
+    (lambda: keras.layers.LayerNormalization(), "not-a-batchnorm-layer"),
+    (lambda: None, "returned-none"),
+])
+def test_sequence_bn_names_the_mistake(seed, answer, mistake):
+    assert diagnosis(fc.check_sequence_bn, answer, seed=seed) == mistake
+
+
+def test_sequence_bn_refuses_a_layer_that_was_already_built():
+    layer = keras.layers.BatchNormalization()
+    layer.build((None, 3, 4))
+    assert diagnosis(fc.check_sequence_bn, lambda: layer, seed=0) == "layer-already-built"
+
+
+def counts(n_in, h, n_out):
+    return n_in * h + h + h * n_out + n_out + 2 * h, 2 * h
+
+
+PARAM_MISTAKES = [
+    (lambda i, h, o: (counts(i, h, o)[0] + 2 * h, 0), "moving-stats-trainable"),
+    (lambda i, h, o: (counts(i, h, o)[0], 0), "forgot-moving-statistics"),
+    (lambda i, h, o: (counts(i, h, o)[0] - 2 * h, 0), "forgot-batchnorm"),
+    (lambda i, h, o: (i * h + h * o + 2 * h, 2 * h), "forgot-biases"),
+    (lambda i, h, o: counts(i, h, o)[::-1], "counts-swapped"),
+    (lambda i, h, o: (counts(i, h, o)[0], 2 * h + 1), "counted-num-batches-tracked"),
+    (lambda i, h, o: (counts(i, h, o)[0] + 1, 2 * h), "wrong-values"),
+    (lambda i, h, o: list(counts(i, h, o)), "wrong-return"),
+    (lambda i, h, o: (float(counts(i, h, o)[0]), 2 * h), "not-an-int"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_param_counts_accepts_the_formula_that_keras_confirms(seed):
+    fc.check_param_counts(counts, seed=seed)
+    fc.check_param_counts(lambda *a: tuple(np.int64(v) for v in counts(*a)), seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, mistake", PARAM_MISTAKES, ids=[m for _, m in PARAM_MISTAKES])
+def test_param_counts_names_the_mistake(seed, answer, mistake):
+    assert diagnosis(fc.check_param_counts, answer, seed=seed) == mistake
+
+
+def freeze(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def freeze_all(model):
+    model.trainable = False
+
+
+def freeze_first(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            break
+
+
+def freeze_others(model):
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def freeze_affine(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.trainable = layer.beta.trainable = False
+
+
+def momentum_one(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 1.0
+            layer.gamma.trainable = layer.beta.trainable = False
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_freeze_accepts_trainable_false_on_every_batchnorm_layer(seed):
+    fc.check_freeze_batchnorm(freeze, seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, mistake", [
+    (lambda model: None, "not-frozen"),
+    (freeze_all, "froze-everything"),
+    (freeze_first, "some-bn-not-frozen"),
+    (freeze_others, "froze-other-layers"),
+    (freeze_affine, "froze-gamma-beta-only"),
+])
+def test_freeze_names_the_mistake(seed, answer, mistake):
+    assert diagnosis(fc.check_freeze_batchnorm, answer, seed=seed) == mistake
+
+
+# ------------------------------------------------------------ chapter 6 ---
+def predict(model, x):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    model.train(was)
+    return out
+
+
+def predict_no_eval(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def predict_not_restored(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def predict_tensor(model, x):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    model.train(was)
+    return out
+
+
+def predict_copy_then_train(model, x):
+    out = predict(copy.deepcopy(model), x)
+    with torch.no_grad():
+        model(torch.from_numpy(x))  # a stray training-mode pass
+    return out
+
+
+def predict_requires_grad(model, x):
+    model.requires_grad_(False)
+    return predict(model, x)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("start_training", [True, False])
+def test_predict_accepts_eval_then_restoring_the_mode(seed, start_training):
+    fc.check_predict(predict, seed=seed, start_training=start_training)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, mistake, start_training", [
+    (predict_no_eval, "forgot-eval", True),
+    (predict_not_restored, "mode-not-restored", True),
+    (predict_tensor, "returned-tensor", True),
+    (predict_copy_then_train, "forgot-eval", True),
+    (predict_requires_grad, "changed-requires-grad", False),
+])
+def test_predict_names_the_mistake(seed, answer, mistake, start_training):
+    assert diagnosis(fc.check_predict, answer, seed=seed, start_training=start_training) == mistake
+
+
+def port(layer, *, eps=True, momentum=True, swap_stats=False, swap_affine=False, copy_stats=True):
+    gamma, beta, mean, var = layer.get_weights()
+    if swap_stats:
+        mean, var = var, mean
+    if swap_affine:
+        gamma, beta = beta, gamma
+    bn = torch.nn.BatchNorm1d(gamma.shape[0], eps=layer.epsilon if eps else 1e-5,
+                              momentum=1 - layer.momentum if momentum else layer.momentum)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+        if copy_stats:
+            bn.running_mean.copy_(torch.from_numpy(mean))
+            bn.running_var.copy_(torch.from_numpy(var))
+    return bn
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_keras_to_torch_accepts_a_full_port(seed):
+    fc.check_keras_bn_to_torch(port, seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("options, mistake", [
+    ({"eps": False}, "eps-not-copied"),
+    ({"momentum": False}, "momentum-not-converted"),
+    ({"swap_stats": True}, "mean-var-swapped"),
+    ({"swap_affine": True}, "gamma-beta-swapped"),
+    ({"copy_stats": False}, "stats-not-copied"),
+])
+def test_keras_to_torch_names_the_mistake(seed, options, mistake):
+    assert diagnosis(fc.check_keras_bn_to_torch, lambda layer: port(layer, **options), seed=seed) == mistake
+
+
+def test_keras_to_torch_refuses_a_module_of_another_kind():
+    assert diagnosis(fc.check_keras_bn_to_torch, lambda layer: torch.nn.BatchNorm2d(3), seed=0) == "not-a-batchnorm1d"
+
+
+def fold(linear, bn, *, eps=None, bias=True, beta=True, scale_bias=True, rows=True):
+    eps = bn.eps if eps is None else eps
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + eps)
+        out = torch.nn.Linear(linear.in_features, linear.out_features)
+        out.weight.copy_(linear.weight * (s[:, None] if rows else s[None, : linear.in_features]))
+        b = linear.bias if bias else torch.zeros_like(linear.bias)
+        shifted = (b - bn.running_mean) * s if scale_bias else b - bn.running_mean * s
+        out.bias.copy_(shifted + (bn.bias if beta else 0))
+    return out
+
+
+def fold_in_place(linear, bn):
+    new = fold(linear, bn)
+    with torch.no_grad():
+        linear.weight.copy_(new.weight)
+    return new
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fold_accepts_the_eval_mode_formula(seed):
+    fc.check_fold_into_linear(fold, seed=seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("options, mistake", [
+    ({"eps": 0.0}, "wrong-eps"),
+    ({"eps": 1e-5}, "wrong-eps"),
+    ({"bias": False}, "forgot-linear-bias"),
+    ({"scale_bias": False}, "bias-not-scaled"),
+    ({"beta": False}, "no-beta"),
+])
+def test_fold_names_the_mistake(seed, options, mistake):
+    assert diagnosis(fc.check_fold_into_linear, lambda l, b: fold(l, b, **options), seed=seed) == mistake
+
+
+def test_fold_refuses_to_change_its_inputs():
+    assert diagnosis(fc.check_fold_into_linear, fold_in_place, seed=0) == "modified-input"
+
+
+def test_checkers_emit_no_warning_on_right_answers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.check_sequence_bn(seq_bn(), seed=3)
+        fc.check_param_counts(counts, seed=3)
+        fc.check_freeze_batchnorm(freeze, seed=3)
+        fc.check_predict(predict, seed=3)
+        fc.check_keras_bn_to_torch(port, seed=3)
+        fc.check_fold_into_linear(fold, seed=3)
+
+
+def test_bnlib_imports_without_the_frameworks():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['keras'] = None; sys.modules['tensorflow'] = None\n"
+            "import bnlib, bnlib.framework_checkers")
+    subprocess.run([sys.executable, "-c", code], check=True)
