@@ -16,9 +16,28 @@ c.CourseDirectory.course_id = "batchnorm"
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Student versions carry no outputs; grading runs each notebook in a fresh kernel.
-c.ExecutePreprocessor.timeout = 120
+# Student versions carry no outputs; grading runs each notebook in a fresh
+# kernel, jailed (grading/jail.py): its own sandbox, no instructor files, no
+# network, resource limits, and only the checkers' probes (grading/judge.py
+# judges their records in the grader's process).
+import os  # noqa: E402
+
+c.ExecutePreprocessor.timeout = int(os.environ.get("BNCOURSE_CELL_TIMEOUT", "120"))
 c.ExecutePreprocessor.interrupt_on_timeout = True
+c.Execute.kernel_manager_class = "grading.jail.JailedKernelManager"
+# A deleted test or answer cell is put back from the gradebook (its locked
+# source), so deleting a test cannot leave the notebook "needs manual grade".
+c.OverwriteCells.add_missing_cells = True
+# nbgrader's pipeline, with an executor that survives a cell killing the kernel.
+c.Autograde.autograde_preprocessors = [
+    "grading.jail.ResilientExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
 
 # Feedback for learners: grades and messages, never the hidden tests.
 c.GenerateFeedback.preprocessors = [

@@ -10,19 +10,30 @@ writes ``report.md`` with a score plot. A broken submission becomes a line in
 the report; every other one is graded. Running it again re-grades the same
 files to the same scores and keeps the gradebook (hand-graded written answers
 included).
+
+Submissions are graded in parallel (``--jobs``, default: one per CPU). A run
+that is killed halfway can simply be started again: the journal in the course
+folder (``journal.jsonl``) lists every submission whose grading and feedback
+finished, by the sha256 of its notebook, and those are not graded again
+(``--regrade`` ignores the journal). The report and ``grades.csv`` always
+cover every submission of the input, so a resumed run ends with the same
+report as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import nbformat
 from tqdm import tqdm
 
 from . import collect as K
 from . import course as C
 from . import report as R
+from . import runner as G
 
 
 def parse(argv):
@@ -30,13 +41,19 @@ def parse(argv):
     p.add_argument("submissions", type=Path, help="folder or .zip of handed-in notebooks")
     p.add_argument("--course", type=Path, default=C.PROJECT / "_grading", help="course folder to grade in (default: _grading/)")
     p.add_argument("--roster", type=Path, help="text file with one student id per line; others are reported, not graded")
-    return p.parse_args(argv)
+    p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
+                   help="notebooks graded at the same time (default: number of CPUs)")
+    p.add_argument("--regrade", action="store_true", help="grade every submission again, ignoring the journal of earlier runs")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs: expected a positive number of processes; got {args.jobs}")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     root = C.make_course(args.course)
-    api = C.api(root)
+    api = G.grading_api(root)
     names = C.assignments(root)
     known = {a: C.source_grade_ids(root, a) for a in names}
     roster = None
@@ -48,21 +65,42 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     C.generate(api, sorted({s.assignment for s in subs}))
-    graded, failures, notes = [], [], []
-    for sub in tqdm(subs, desc="autograding", unit="notebook"):
-        K.place(sub, root)
+    journal = G.Journal(root)
+    in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
+    sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}
+    records, work, notes = {}, [], []
+    cell_meta = {a: C.source_cell_metadata(root, a) for a in sources}
+    for sub in subs:
+        sub.notes += K.sanitize(sub.notebook, cell_meta[sub.assignment])
         notes += [f"{sub.student} / {sub.assignment}: {n}" for n in sub.notes]
-        result = api.autograde(sub.assignment, sub.student)
-        if not result.get("success"):
-            failures.append(K.Problem(sub.student, sub.assignment, sub.source.name, "autograding failed: " + C.last_line(result)))
-            continue
-        feedback = api.generate_feedback(sub.assignment, sub.student)
-        if not feedback.get("success"):
-            failures.append(K.Problem(sub.student, sub.assignment, sub.source.name, "feedback failed: " + C.last_line(feedback)))
-        graded.append((sub.assignment, sub.student))
+        text = nbformat.writes(sub.notebook)
+        text += "" if text.endswith("\n") else "\n"
+        entry = None if args.regrade else journal.done(sub.assignment, sub.student, G.sha256_text(text), sources[sub.assignment])
+        if entry and (entry["status"] != "graded" or (sub.assignment, sub.student) in in_gradebook):
+            records[(sub.assignment, sub.student)] = entry
+        else:
+            work.append((sub.assignment, sub.student, text))
+    skipped = len(records)
+    with tqdm(total=len(subs), initial=skipped, desc="autograding", unit="notebook") as bar:
+        def done(record):
+            if record.get("sha256"):  # a record from grade_one, not a lost worker
+                journal.record(record | {"source": sources[record["assignment"]]})
+            bar.update(1)
+
+        records |= G.grade_all(root, work, args.jobs, on_done=done)
+    graded, failures = [], []
+    for sub in subs:
+        record = records[(sub.assignment, sub.student)]
+        if record["status"] != "autograde-failed":
+            graded.append((sub.assignment, sub.student))
+        if record["status"] != "graded":
+            failures.append(K.Problem(sub.student, sub.assignment, sub.source.name, record["message"]))
     C.export_grades(api, root / "grades.csv")
-    rows, tests, mistakes = R.gather(root, api.coursedir.db_url, graded)
-    report = R.write(root, rows, tests, mistakes, problems, notes, failures)
+    R.sort_csv(root / "grades.csv")
+    rows, tests, mistakes, lost = R.gather(root, api.coursedir.db_url, graded)
+    report = R.write(root, rows, tests, mistakes, problems, notes, failures, lost)
+    if skipped:
+        print(f"{skipped} of {len(subs)} notebooks were already graded in an earlier run (journal {journal.path}): not graded again")
     print(f"graded {len(graded)} of {len(subs)} notebooks; report: {report}; grades: {root / 'grades.csv'}; feedback: {root / 'feedback'}")
     return 0
 

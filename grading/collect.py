@@ -173,3 +173,37 @@ def place(sub: Submission, course_root: Path) -> Path:
     target = dest / f"{sub.assignment}.ipynb"
     nbformat.write(sub.notebook, target)
     return target
+
+
+# What decides how a cell is graded; other keys (nbgrader's checksum, cell type) are kept.
+GRADING_KEYS = ("grade", "solution", "locked", "grade_id", "points", "task", "schema_version")
+
+
+def sanitize(nb, source_meta: dict[str, dict]) -> list[str]:
+    """Make the grading metadata of a submitted notebook the assignment's own.
+
+    A learner may change a cell's nbgrader metadata (points, grade ids, the
+    "locked" flag) or add cells that claim to be graded. Cells with a grade id
+    of the assignment get the source's metadata back (a repeated id keeps only
+    its first cell); any other cell loses its grading metadata. Returns notes
+    for the report.
+    """
+    notes, seen = [], set()
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if meta is None:
+            continue
+        gid = meta.get("grade_id") if isinstance(meta, dict) else None
+        if gid in source_meta and gid not in seen:
+            seen.add(gid)
+            source = source_meta[gid]
+            if any(meta.get(k) != source.get(k) for k in GRADING_KEYS):
+                notes.append(f"cell {gid}: its grading metadata was changed; restored")
+            restored = {k: v for k, v in meta.items() if k not in GRADING_KEYS}
+            restored.update({k: source[k] for k in GRADING_KEYS if k in source})
+            cell.metadata["nbgrader"] = restored
+        else:
+            del cell.metadata["nbgrader"]
+            notes.append(f"cell {i + 1} ({gid or 'no grade id'}): not a cell of the assignment (or a repeated one); "
+                         "its grading metadata was removed")
+    return notes

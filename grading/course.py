@@ -109,3 +109,14 @@ def export_grades(course: NbGraderAPI, path: Path) -> None:
 
     with Gradebook(course.coursedir.db_url) as gb:
         CsvExportPlugin(to=str(path)).export(gb)
+
+
+def source_cell_metadata(root: Path, assignment: str) -> dict[str, dict]:
+    """The nbgrader metadata of each cell of an assignment's source notebook, by grade id."""
+    out = {}
+    for path in (Path(root) / "solutions" / assignment).glob("*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader")
+            if meta and meta.get("grade_id"):
+                out[meta["grade_id"]] = dict(meta)
+    return out

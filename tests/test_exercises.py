@@ -17,6 +17,7 @@ import nbformat
 import pytest
 
 from grading import course as C
+from grading import judge
 from grading.samples import CATALOG, answer_code, fill
 
 ASSIGNMENTS = C.assignments()
@@ -39,7 +40,7 @@ def submit(root: Path, assignment: str, student: str, answers: dict[str, str] | 
 
 def grade(root, api, assignment, student, answers):
     submit(root, assignment, student, answers)
-    result = api.autograde(assignment, student)
+    result = judge.autograde(api, assignment, student)
     assert result["success"], result.get("error") or result.get("log")
     return C.scores(api, assignment, student), C.autograded_outputs(root, assignment, student)
 

@@ -1,0 +1,187 @@
+"""How fast does the class get graded? One run, three ways, the same notebooks.
+
+    python benchmarks/bench_grading.py                      # quick: 20 students x ch01-ch04
+    python benchmarks/bench_grading.py --students 100 --assignments all
+
+A synthetic class (right answers, blanks and the catalog's typical mistakes,
+mixed; see ``grading.samples``) is graded
+
+(a) by plain sequential nbgrader: ``NbGraderAPI.autograde`` per submission,
+    nothing else (the project's configuration, so the kernel is the one
+    grading uses);
+(b) by the instructor's command, ``python -m grading --jobs J`` (autograde,
+    judge, feedback, journal, grades.csv and report);
+(c) by executing each filled notebook once with nbclient (``NotebookClient``,
+    a plain kernel, no grading): the floor any grader pays per notebook.
+
+It prints seconds per notebook, throughput, (b)'s speed-up over (a), the
+per-notebook overhead of (a) and (b) over (c), and what a class of 300
+students x 6 assignments would take at (b)'s measured throughput. It also
+reports which heavy frameworks each assignment's kernel had imported after
+running the notebook (TensorFlow, Keras, PyTorch): a numpy-only assignment
+should import none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+import nbformat  # noqa: E402
+
+from grading import course as C  # noqa: E402
+from grading.samples import CATALOG, answer_code, fill  # noqa: E402
+
+QUICK = ["ch01-scaling", "ch02-forward", "ch03-backward", "ch04-running-stats"]
+HEAVY = ("tensorflow", "keras", "torch")
+PROBE = "import sys\nprint('HEAVY-MODULES', sorted(m for m in %r if m in sys.modules))" % (HEAVY,)
+
+
+def make_class(dest: Path, students: int, assignments: list[str]) -> list[tuple[str, str, str]]:
+    """Write the class into ``dest``; return [(assignment, student, kind)]: kind is right, blank or a mistake's name."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for a in assignments:
+        right = answer_code(a)
+        wrong = [c for c in CATALOG if c[0] == a]
+        for i in range(students):
+            student = f"s{i:03d}"
+            if i % 3 == 0 or not wrong:
+                answers, kind = right, "right"
+            elif i % 3 == 1:
+                answers, kind = None, "blank"
+            else:
+                mistake = wrong[(i // 3) % len(wrong)]
+                answers, kind = right | mistake[1], mistake[3]
+            nbformat.write(fill(C.PROJECT, a, answers), dest / f"{student}_{a}.ipynb")
+            out.append((a, student, kind))
+    return out
+
+
+def run_sequential_nbgrader(course: Path, src: Path, work) -> float:
+    """(a): place every notebook, generate the assignments, then time NbGraderAPI.autograde one by one."""
+    C.make_course(course)
+    api = C.api(course)
+    C.generate(api, sorted({a for a, _, _ in work}))
+    for a, s, _ in work:
+        dest = course / "submitted" / s / a
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / f"{s}_{a}.ipynb", dest / f"{a}.ipynb")
+    from grading import jail
+
+    failed = 0
+    sandboxes = Path(tempfile.mkdtemp(prefix="bench-jail-"))
+    os.environ[jail.JAIL_ENV] = str(sandboxes)  # the kernels' sandboxes go here, removed below
+    try:
+        t = time.perf_counter()
+        for a, s, _ in work:
+            failed += not api.autograde(a, s).get("success")
+        elapsed = time.perf_counter() - t
+    finally:
+        os.environ.pop(jail.JAIL_ENV, None)
+        shutil.rmtree(sandboxes, ignore_errors=True)
+    if failed:
+        print(f"  (a) warning: {failed} autograde calls failed")
+    return elapsed
+
+
+def run_command(course: Path, src: Path, jobs: int) -> float:
+    """(b): the instructor's command, end to end, in this process (its workers are spawned)."""
+    from grading.__main__ import main
+
+    t = time.perf_counter()
+    rc = main([str(src), "--course", str(course), "--jobs", str(jobs)])
+    elapsed = time.perf_counter() - t
+    if rc != 0:
+        raise SystemExit(f"python -m grading returned {rc}")
+    return elapsed
+
+
+def run_nbclient(src: Path, work) -> tuple[float, dict[str, set[str]]]:
+    """(c): execute each filled notebook once in a plain kernel; also record the heavy modules it imported."""
+    from nbclient import NotebookClient
+
+    heavy: dict[str, set[str]] = {}
+    cwd = Path(tempfile.mkdtemp(prefix="bench-nbclient-"))
+    total = 0.0
+    for a, s, _ in work:
+        nb = nbformat.read(src / f"{s}_{a}.ipynb", as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+        client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                                resources={"metadata": {"path": str(cwd)}})
+        t = time.perf_counter()
+        client.execute()
+        total += time.perf_counter() - t
+        text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []))
+        for line in text.splitlines():
+            if line.startswith("HEAVY-MODULES"):
+                heavy.setdefault(a, set()).update(eval(line.split(" ", 1)[1]))  # a list literal we printed
+    shutil.rmtree(cwd, ignore_errors=True)
+    return total, heavy
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--students", type=int, default=20)
+    p.add_argument("--assignments", default=",".join(QUICK), help="comma-separated names, or 'all'")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--keep", type=Path, help="folder to keep the class and course folders in (default: a temporary one, removed)")
+    args = p.parse_args(argv)
+    names = C.assignments() if args.assignments == "all" else args.assignments.split(",")
+    unknown = set(names) - set(C.assignments())
+    if unknown:
+        p.error(f"--assignments: expected names from {C.assignments()}; got {sorted(unknown)}")
+    base = args.keep or Path(tempfile.mkdtemp(prefix="bench-grading-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        src = base / "class"
+        work = make_class(src, args.students, names)
+        n = len(work)
+        kinds = {k: sum(w[2] == k for w in work) for k in ("right", "blank")}
+        print(f"class: {args.students} students x {len(names)} assignments = {n} notebooks "
+              f"({kinds['right']} right, {kinds['blank']} blank, {n - kinds['right'] - kinds['blank']} with a typical mistake); "
+              f"{os.cpu_count()} CPUs")
+        print(f"(a) sequential nbgrader autograde ...", flush=True)
+        t_a = run_sequential_nbgrader(base / "course-a", src, work)
+        print(f"(b) python -m grading --jobs {args.jobs} ...", flush=True)
+        t_b = run_command(base / "course-b", src, args.jobs)
+        print("(c) nbclient, each notebook once ...", flush=True)
+        t_c, heavy = run_nbclient(src, work)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(f"{'run':<44}{'s/notebook':>12}{'notebooks/min':>15}")
+    for label, t in ((f"(a) sequential nbgrader autograde", t_a), (f"(b) python -m grading --jobs {args.jobs}", t_b),
+                     ("(c) plain nbclient execution", t_c)):
+        print(f"{label:<44}{t / n:>12.2f}{60 * n / t:>15.1f}")
+    speedup = t_a / t_b
+    print(f"\nthroughput of (b) / (a): {speedup:.2f}x   (target >= 1.8x with 2 cores)")
+    print(f"per-notebook time, (a) / (c): {t_a / t_c:.2f}x   (nbgrader's own overhead over executing the notebook)")
+    per_b = t_b * min(args.jobs, os.cpu_count() or 1) / n  # process-seconds each notebook cost in (b)
+    print(f"per-notebook cost, (b) x jobs / (c): {per_b / (t_c / n):.2f}x   (target <= 1.5x; (b) adds judge, feedback and report)")
+    print(f"wall per notebook, (b) / (c): {(t_b / n) / (t_c / n):.2f}x")
+    total = 300 * 6
+    print(f"\na class of 300 (x 6 assignments = {total} notebooks) would take ~{total * t_b / n / 60:.0f} min here "
+          f"at (b)'s throughput ({60 * n / t_b:.1f} notebooks/min; measured on {', '.join(names)})")
+    print("\nheavy frameworks imported by each assignment's kernel (after running it):")
+    for a in names:
+        found = sorted(heavy.get(a, set()))
+        print(f"  {a}: {', '.join(found) if found else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Grading many notebooks at once, and resuming a run that was cut short.
+
+:func:`grade_one` is the whole of one submission's work (place the notebook,
+autograde it, write its feedback) and returns a small, picklable record. It is
+self-contained: it builds its own ``NbGraderAPI`` from the course folder, so
+it runs as well in a worker process (:func:`grade_all` uses a spawn-started
+pool) as in the calling one.
+
+Every worker writes to the course's one sqlite gradebook. nbgrader opens a
+short session per step, but two writers still collide; sqlite's default busy
+timeout in Python is 5 s, after which a writer fails with "database is
+locked". :func:`grading_api` therefore points nbgrader at the same file with a
+longer busy timeout (``?timeout=``, which SQLAlchemy's pysqlite dialect passes
+to ``sqlite3.connect``), so that a writer waits its turn instead of failing.
+
+The :class:`Journal` (``journal.jsonl`` in the course folder) records each
+submission once its grading *and* feedback are complete, keyed by the sha256
+of the submitted notebook and of the assignment's source notebook. A rerun
+skips a submission whose entry matches and regrades (with force) anything
+else, so a run killed halfway loses nothing and grades nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+DB_TIMEOUT_S = 120
+JOURNAL_NAME = "journal.jsonl"
+
+
+def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
+    """``db_url`` with a sqlite busy timeout of ``timeout`` seconds (other databases unchanged)."""
+    if not db_url.startswith("sqlite") or "timeout=" in db_url:
+        return db_url
+    return f"{db_url}{'&' if '?' in db_url else '?'}timeout={timeout:g}"
+
+
+def grading_api(course_root: Path, timeout: float = DB_TIMEOUT_S):
+    """nbgrader's API for the course at ``course_root``, its gradebook opened with a long busy timeout."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from . import course as C
+
+    config = PyFileConfigLoader(C.CONFIG_NAME, path=str(course_root)).load_config()
+    config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url, timeout)
+    return NbGraderAPI(config=config)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def source_digest(course_root: Path, assignment: str) -> str:
+    """One sha256 over the assignment's source notebooks: a change to its tests invalidates the journal."""
+    h = hashlib.sha256()
+    for path in sorted((Path(course_root) / "solutions" / assignment).glob("*.ipynb")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def grade_one(course_root: Path, assignment: str, student: str, notebook: str | None = None) -> dict:
+    """Grade one submission: place it, autograde it, write its feedback.
+
+    ``notebook`` is the submission's JSON text, written to
+    ``submitted/<student>/<assignment>/<assignment>.ipynb`` (replacing an
+    earlier copy); without it, the notebook already there is graded.
+
+    Returns ``{"assignment", "student", "sha256", "status", "message", "pid"}``
+    where status is ``"graded"``, ``"autograde-failed"`` or
+    ``"feedback-failed"``, message the failure line ("" when graded) and
+    sha256 that of the notebook graded.
+    """
+    import shutil
+
+    from . import course as C
+
+    root = Path(course_root)
+    dest = root / "submitted" / student / assignment
+    target = dest / f"{assignment}.ipynb"
+    if notebook is not None:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        tmp = target.with_suffix(".ipynb.part")
+        tmp.write_text(notebook, encoding="utf-8")
+        os.replace(tmp, target)
+    record = {"assignment": assignment, "student": student, "sha256": sha256_text(target.read_text(encoding="utf-8")),
+              "status": "graded", "message": "", "pid": os.getpid()}
+    from . import judge
+
+    api = grading_api(root)
+    result = judge.autograde(api, assignment, student)  # nbgrader's autograde in a jailed kernel, then the judge
+    if not result.get("success"):
+        return record | {"status": "autograde-failed", "message": "autograding failed: " + C.last_line(result)}
+    feedback = api.generate_feedback(assignment, student)
+    if not feedback.get("success"):
+        return record | {"status": "feedback-failed", "message": "feedback failed: " + C.last_line(feedback)}
+    return record
+
+
+class Journal:
+    """Append-only record of finished submissions, one JSON object a line.
+
+    Each entry is written with one ``write`` of a whole line and flushed to
+    disk before the next submission counts as done; a line cut short by a
+    kill does not parse and is ignored, so its submission is graded again.
+    """
+
+    def __init__(self, course_root: Path):
+        self.path = Path(course_root) / JOURNAL_NAME
+        self.entries: dict[tuple[str, str], dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[(entry["assignment"], entry["student"])] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def done(self, assignment: str, student: str, sha256: str, source: str) -> dict | None:
+        """The entry of this exact submission (same notebook, same assignment source), or None."""
+        entry = self.entries.get((assignment, student))
+        if entry and entry.get("sha256") == sha256 and entry.get("source") == source:
+            return entry
+        return None
+
+    def record(self, entry: dict) -> None:
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.entries[(entry["assignment"], entry["student"])] = entry
+
+
+def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None) -> dict:
+    """Grade ``work`` = [(assignment, student, notebook JSON)] with ``jobs`` processes.
+
+    ``on_done(record)`` is called in this process as each submission finishes
+    (in completion order); returns ``{(assignment, student): record}``.
+    """
+    results = {}
+
+    def finish(record):
+        results[(record["assignment"], record["student"])] = record
+        if on_done:
+            on_done(record)
+
+    if jobs <= 1 or len(work) <= 1:
+        for assignment, student, text in work:
+            finish(grade_one(course_root, assignment, student, text))
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=ctx) as pool:
+        pending = {pool.submit(grade_one, course_root, a, s, text): (a, s) for a, s, text in work}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                a, s = pending.pop(fut)
+                try:
+                    record = fut.result()
+                except Exception as e:  # a worker that died takes its submission with it: report it, go on
+                    record = {"assignment": a, "student": s, "sha256": "", "status": "autograde-failed",
+                              "message": f"autograding failed: the grading process failed ({type(e).__name__}: {e})", "pid": None}
+                finish(record)
+    return results
