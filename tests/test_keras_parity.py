@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import bnlib
+from _support import TOL, assert_close
 
 pytestmark = pytest.mark.keras
 
-TOL = {np.float64: 1e-10, np.float32: 1e-4}
 CANCELLATION_TOL = 1e-7
 CANCELLATION_VAR_RTOL = 1e-9
 STEPS = 5
@@ -33,20 +33,6 @@ EPS = 1e-3
 
 
 # ------------------------------------------------------------- helpers ----
-def assert_close(received, expected, *, tol, what):
-    """Max |received - expected| <= tol * max(1, max|expected|), or fail saying both."""
-    received = np.asarray(received, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert received.shape == expected.shape, f"{what}: expected shape {expected.shape}, received shape {received.shape}"
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    err = float(np.abs(received - expected).max(initial=0.0))
-    assert err <= tol * scale, (
-        f"{what}: max |received - expected| = {err:.3g} exceeds {tol:g} * {scale:.3g}\n"
-        f"  expected: {np.array2string(expected.ravel()[:6], precision=12)}\n"
-        f"  received: {np.array2string(received.ravel()[:6], precision=12)}"
-    )
-
-
 def make_batch(rng, shape, axis, dtype, kind="shifted", step=0):
     """``5*randn + 12`` plus a per-channel offset on ``axis``, or the cancellation input."""
     ax = axis % len(shape)

@@ -29,30 +29,16 @@ import numpy as np
 import pytest
 
 import bnlib
+from _support import TOL, assert_close
 
 pytestmark = pytest.mark.torch
 
-TOL = {np.float64: 1e-10, np.float32: 1e-4}
 CANCELLATION_TOL = 1e-7
 CANCELLATION_VAR_RTOL = 1e-9
 STEPS = 5
 
 
 # ------------------------------------------------------------- helpers ----
-def assert_close(received, expected, *, tol, what):
-    """Max |received - expected| <= tol * max(1, max|expected|), or fail saying both."""
-    received = np.asarray(received, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert received.shape == expected.shape, f"{what}: expected shape {expected.shape}, received shape {received.shape}"
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    err = float(np.abs(received - expected).max(initial=0.0))
-    assert err <= tol * scale, (
-        f"{what}: max |received - expected| = {err:.3g} exceeds {tol:g} * {scale:.3g}\n"
-        f"  expected: {np.array2string(expected.ravel()[:6], precision=12)}\n"
-        f"  received: {np.array2string(received.ravel()[:6], precision=12)}"
-    )
-
-
 def make_batch(rng, shape, dtype, kind="shifted", step=0):
     """``5*randn + 12`` plus a per-channel offset (channels on axis 1), or the cancellation input."""
     C = shape[1]
@@ -101,16 +87,6 @@ def make_layer(C, dtype, gamma, beta, **kwargs):
     bn = bnlib.BatchNorm(C, axis=1, convention="torch", dtype=dtype, **kwargs)
     bn.gamma, bn.beta = gamma.copy(), beta.copy()
     return bn
-
-
-@pytest.fixture(autouse=True)
-def _torch_on_one_thread(torch):
-    """Tiny tensors: torch's thread pool only spins against the other processes of a busy machine
-    (the torch tests of this file run ~5x faster on one thread). Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Shapes: (N, C) and (N, C, L) go to BatchNorm1d, (N, C, H, W) to BatchNorm2d; N=2 included.
