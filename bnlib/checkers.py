@@ -15,7 +15,7 @@ Each checker has two halves:
    on copies of them, and converts what comes back to plain ``float64``
    ndarrays, checking type, shape and dtype first, so an object that claims
    to equal everything earns nothing;
-2. the **judge** (:mod:`bnlib._judge`): it regenerates the same inputs,
+2. the **judge** (``bnlib._judge``): it regenerates the same inputs,
    computes bnlib's reference, compares, and if they differ recomputes the
    answer with each mistake of a catalog (unbiased variance, eps outside the
    square root, wrong axis, ...) to name the one that matches.
@@ -26,7 +26,7 @@ mistake's name in brackets, e.g. ``[unbiased-variance]``.
 
 During grading (environment variable ``BNLIB_CHECK_RECORD`` set to a folder)
 the probe only **records** what the learner's function returned, and the
-judge runs later in the grader's own process (:mod:`grading.judge`), where an
+judge runs later in the grader's own process (``grading.judge``), where an
 answer cell cannot reach it: monkeypatching this module, ``numpy`` or
 ``assert`` from the notebook changes nothing but the learner's own records,
 and the kernel has no access to the reference implementation.
