@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     root = C.make_course(args.course)
     api = G.grading_api(root)
     names = C.assignments(root)
-    known = {a: C.source_grade_ids(root, a) for a in names}
+    cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
+    known = {a: set(meta) for a, meta in cell_meta.items()}
     roster = None
     if args.roster:
         roster = {K.student_id(line) for line in args.roster.read_text().splitlines() if line.strip()}
@@ -69,7 +70,6 @@ def main(argv=None) -> int:
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
     sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}
     records, work, notes = {}, [], []
-    cell_meta = {a: C.source_cell_metadata(root, a) for a in sources}
     for sub in subs:
         sub.notes += K.sanitize(sub.notebook, cell_meta[sub.assignment])
         notes += [f"{sub.student} / {sub.assignment}: {n}" for n in sub.notes]

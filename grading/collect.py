@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -162,17 +161,6 @@ def _by_name(path: Path, known) -> str | None:
     stem = path.stem.lower()
     hits = [a for a in known if a.lower() in stem]
     return max(hits, key=len) if hits else None
-
-
-def place(sub: Submission, course_root: Path) -> Path:
-    """Write the submission where nbgrader expects it, replacing an earlier copy."""
-    dest = Path(course_root) / "submitted" / sub.student / sub.assignment
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    target = dest / f"{sub.assignment}.ipynb"
-    nbformat.write(sub.notebook, target)
-    return target
 
 
 # What decides how a cell is graded; other keys (nbgrader's checksum, cell type) are kept.

@@ -77,15 +77,6 @@ def autograded_outputs(root: Path, assignment: str, student: str) -> dict[str, s
     return out
 
 
-def source_grade_ids(root: Path, assignment: str) -> set[str]:
-    """Grade ids of the cells of an assignment's source notebook(s)."""
-    ids = set()
-    for path in (Path(root) / "solutions" / assignment).glob("*.ipynb"):
-        nb = nbformat.read(path, as_version=4)
-        ids |= {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells} - {None}
-    return ids
-
-
 KNOWN_FAILURES = [
     ("DeadKernelError", "the kernel died while running the notebook (os._exit, sys.exit in a forked process, a crash, or too much memory)"),
     ("CellTimeoutError", "a cell ran past the time limit (an infinite loop?)"),

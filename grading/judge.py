@@ -49,7 +49,7 @@ class _Names(dict):
         return _Name(name)
 
 
-_ALLOWED_IMPORTS = {"bnlib", "bnlib.checkers", "numpy"}
+_ALLOWED_IMPORTS = {"bnlib", "bnlib.checkers", "bnlib.framework_checkers", "numpy"}
 
 
 def _import(name, globals=None, locals=None, fromlist=(), level=0):

@@ -98,7 +98,7 @@ def test_feedback_shows_no_hidden_test(graded):
 
 def test_sample_class_is_complete_and_recognised(tmp_path):
     folder = build(tmp_path / "samples")
-    known = {a: C.source_grade_ids(C.PROJECT, a) for a in C.assignments()}
+    known = {a: set(C.source_cell_metadata(C.PROJECT, a)) for a in C.assignments()}
     subs, problems = K.collect(folder, known)
     assert len(subs) == 2 * len(known) + len(CATALOG) + 3
     assert sorted(p.message.split(":")[0] for p in problems) == ["extra file, not a notebook", "not valid JSON (line 1, column 12"]
