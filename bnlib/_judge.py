@@ -28,8 +28,20 @@ from .gradcheck import numerical_gradient
 from .layer import BatchNorm
 
 
+# Kinds judged by a module imported on first use, because it needs Keras or
+# PyTorch; importing it adds its judges to JUDGES.
+LAZY_JUDGES = {
+    kind: "bnlib._framework_judge"
+    for kind in ("sequence_bn", "param_counts", "freeze_batchnorm", "predict", "keras_bn_to_torch", "fold_into_linear")
+}
+
+
 def judge(kind: str, params: dict, results: dict) -> None:
     """Judge one check's ``results`` (arrays from the probe); raise CheckFailed if wrong."""
+    if kind not in JUDGES and kind in LAZY_JUDGES:
+        import importlib
+
+        importlib.import_module(LAZY_JUDGES[kind])
     try:
         fn = JUDGES[kind]
     except KeyError:

@@ -78,7 +78,9 @@ def test_cells(nb) -> dict[str, str]:
 def expected_checks(source_notebook: Path) -> dict[str, list[Key]]:
     """The probe checks each test cell of the source notebook makes, in order.
 
-    Cells that make none (framework checks judged in the kernel) are absent.
+    Cells that make none (plain asserts, which nbgrader scores itself) are
+    absent. A test cell whose source cannot be run here is a defect of the
+    assignment: it raises rather than leave that cell's points to the kernel.
     """
     nb = nbformat.read(source_notebook, as_version=4)
     expected = {}
@@ -88,8 +90,8 @@ def expected_checks(source_notebook: Path) -> dict[str, list[Key]]:
         try:
             namespace = _Names(print=lambda *a, **k: None)
             exec(compile(source, f"<test cell {gid}>", "exec"), {"__builtins__": _BUILTINS}, namespace)
-        except Exception:  # noqa: BLE001 - a cell judged in the kernel (frameworks): not a probe cell
-            calls = []
+        except Exception as e:
+            raise RuntimeError(f"cannot list the checks of test cell {gid} of {source_notebook}: {e!r}") from e
         finally:
             probe._COLLECT = None
         if calls:

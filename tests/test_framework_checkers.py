@@ -302,3 +302,144 @@ def test_bnlib_imports_without_the_frameworks():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['keras'] = None; sys.modules['tensorflow'] = None\n"
             "import bnlib, bnlib.framework_checkers")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------- recorded, then judged later ---
+# During grading the probe runs in the learner's kernel and only records what
+# the answer returned; the grader judges the record in its own process. Both
+# ways must give the same verdict.
+RECORDED_CASES = [
+    (fc.check_sequence_bn, seq_bn(), {}),
+    (fc.check_sequence_bn, seq_bn(axis=1), {}),
+    (fc.check_sequence_bn, seq_bn(axis=0), {}),
+    (fc.check_sequence_bn, lambda: None, {}),
+    (fc.check_param_counts, counts, {}),
+    *[(fc.check_param_counts, answer, {}) for answer, _ in PARAM_MISTAKES],
+    (fc.check_freeze_batchnorm, freeze, {}),
+    (fc.check_freeze_batchnorm, lambda model: None, {}),
+    (fc.check_freeze_batchnorm, freeze_all, {}),
+    (fc.check_freeze_batchnorm, freeze_first, {}),
+    (fc.check_freeze_batchnorm, freeze_others, {}),
+    (fc.check_freeze_batchnorm, freeze_affine, {}),
+    (fc.check_predict, predict, {"start_training": True}),
+    (fc.check_predict, predict, {"start_training": False}),
+    (fc.check_predict, predict_no_eval, {}),
+    (fc.check_predict, predict_not_restored, {}),
+    (fc.check_predict, predict_tensor, {}),
+    (fc.check_predict, predict_copy_then_train, {}),
+    (fc.check_predict, predict_requires_grad, {"start_training": False}),
+    (fc.check_keras_bn_to_torch, port, {}),
+    *[(fc.check_keras_bn_to_torch, lambda layer, o=o: port(layer, **o), {}) for o in (
+        {"eps": False}, {"momentum": False}, {"swap_stats": True}, {"swap_affine": True}, {"copy_stats": False})],
+    (fc.check_fold_into_linear, fold, {}),
+    (fc.check_fold_into_linear, fold_in_place, {}),
+    *[(fc.check_fold_into_linear, lambda l, b, o=o: fold(l, b, **o), {}) for o in (
+        {"eps": 0.0}, {"eps": 1e-5}, {"bias": False}, {"scale_bias": False}, {"beta": False})],
+]
+
+
+def verdict_now(check, answer, **kwargs):
+    """The mistake named when the check judges in-process, or None if it passes."""
+    try:
+        check(answer, **kwargs)
+    except CheckFailed as e:
+        return e.mistake
+    return None
+
+
+def verdict_recorded(folder, check, answer, monkeypatch, **kwargs):
+    """The mistake named when the check only records (as in a graded kernel) and the grader judges later."""
+    from grading import judge
+    from bnlib import checkers
+
+    with monkeypatch.context() as m:
+        m.setenv(checkers.RECORD_ENV, str(folder))
+        check(answer, **kwargs)  # recording never raises: the verdict is the judge's
+    records = judge.read_records(folder)
+    assert len(records) == 1, f"expected one record in {folder}, found {len(records)}"
+    ((key, record),) = records.items()
+    message = judge._judge_one(key, record)
+    if message is None:
+        return None
+    assert message.startswith("["), f"a verdict must start with the mistake's name in brackets; got {message!r}"
+    return message[1:message.index("]")]
+
+
+@pytest.mark.parametrize("seed", (0, 7))
+def test_a_recorded_check_judged_later_gives_the_in_process_verdict(seed, tmp_path, monkeypatch):
+    names = []
+    for i, (check, answer, kwargs) in enumerate(RECORDED_CASES):
+        now = verdict_now(check, answer, seed=seed, **kwargs)
+        later = verdict_recorded(tmp_path / f"case{i:02d}", check, answer, monkeypatch, seed=seed, **kwargs)
+        assert later == now, f"case {i} ({check.__name__}): judged in-process {now!r}, recorded then judged {later!r}"
+        names.append(now)
+    # the cases exercise right answers and wrong ones alike
+    assert None in names and len({n for n in names if n}) >= 20, names
+
+
+def test_the_record_holds_plain_arrays_and_the_judge_rebuilds_the_rest(tmp_path, monkeypatch):
+    import json
+
+    from bnlib import checkers
+
+    monkeypatch.setenv(checkers.RECORD_ENV, str(tmp_path))
+    fc.check_fold_into_linear(fold, seed=0)
+    entry = json.loads((tmp_path / "00000.json").read_text())
+    assert entry["kind"] == "fold_into_linear" and entry["params"] == {"seed": 0} and entry["failure"] is None
+    assert set(entry["arrays"]) == {"has_bias", "weight", "bias", "out"}
+    for name in entry["arrays"].values():
+        arr = np.load(tmp_path / name, allow_pickle=False)
+        assert arr.dtype == np.float64, f"{name}: expected float64, received {arr.dtype}"
+
+
+def test_a_forged_record_is_judged_against_the_graders_own_setup(tmp_path, monkeypatch):
+    """A record whose numbers were tampered with fails: the judge computes the reference itself."""
+    from grading import judge
+    from bnlib import checkers
+
+    monkeypatch.setenv(checkers.RECORD_ENV, str(tmp_path))
+    fc.check_fold_into_linear(fold, seed=1)
+    path = next(tmp_path.glob("*-weight.npy"))
+    np.save(path, np.load(path) + 1.0, allow_pickle=False)
+    ((key, record),) = judge.read_records(tmp_path).items()
+    assert judge._judge_one(key, record).startswith("[wrong-values]")
+
+
+def test_the_graded_kernels_bnlib_probes_without_the_judges(tmp_path):
+    """The jail's shim holds the probe modules only, and they record without any judge present."""
+    import subprocess
+    import sys
+
+    from grading import jail
+
+    jail.make_shim(tmp_path / "lib")
+    shipped = sorted(p.name for p in (tmp_path / "lib" / "bnlib").glob("*.py"))
+    assert shipped == ["__init__.py", "checkers.py", "framework_checkers.py"], shipped
+    code = (
+        "import bnlib, bnlib.framework_checkers as fc\n"
+        f"assert bnlib.__file__.startswith({str(tmp_path)!r}), bnlib.__file__\n"
+        "fc.check_param_counts(lambda i, h, o: (i * h + h + h * o + o + 2 * h, 2 * h), seed=0)\n"
+        "fc.check_param_counts(lambda i, h, o: (1, 2), seed=1)\n"
+        "import sys; assert 'bnlib._judge' not in sys.modules and 'bnlib._framework_judge' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "BNLIB_CHECK_RECORD": str(tmp_path / "records")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
+    assert len(list((tmp_path / "records").glob("*.json"))) == 2
+
+
+def test_the_grader_lists_the_checks_of_the_framework_test_cells():
+    from pathlib import Path
+
+    from grading import judge
+
+    root = Path(__file__).resolve().parent.parent / "solutions"
+    listed = {**judge.expected_checks(root / "ch05-keras" / "ch05-keras.ipynb"),
+              **judge.expected_checks(root / "ch06-pytorch" / "ch06-pytorch.ipynb")}
+    want = {"test-axis": ("sequence_bn", "make_sequence_bn"), "test-counts": ("param_counts", "param_counts"),
+            "test-freeze": ("freeze_batchnorm", "freeze_batchnorm"), "test-predict": ("predict", "predict"),
+            "test-port": ("keras_bn_to_torch", "keras_bn_to_torch"), "test-fold": ("fold_into_linear", "fold_into_linear")}
+    assert set(listed) == set(want), sorted(listed)
+    for gid, (kind, fn) in want.items():
+        keys = listed[gid]
+        assert len(keys) >= 2 and all(k[:2] == (kind, fn) for k in keys), (gid, keys)
+        assert len(set(keys)) == len(keys), f"{gid}: a check is listed twice: {keys}"
