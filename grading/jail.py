@@ -43,8 +43,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
-
 PROJECT = Path(__file__).resolve().parent.parent
 JAIL_ENV = "BNCOURSE_JAIL_DIR"   # where the grader wants this submission's sandboxes
 HIDE_ENV = "BNCOURSE_JAIL_HIDE"  # extra folders to hide (os.pathsep-separated), e.g. the course
@@ -111,33 +109,40 @@ def make_shim(lib: Path) -> None:
         shutil.copy2(src / name, pkg / name)
 
 
-class JailedKernelManager(AsyncKernelManager):
-    """A kernel manager that starts every kernel through :func:`main` in a fresh sandbox."""
+def _jailed_kernel_manager_class():
+    """The kernel manager class (built on first use: jupyter_client is slow to
+    import, and the launcher below, run once per kernel, never needs it)."""
+    from jupyter_client.manager import AsyncKernelManager
 
-    sandbox: Path | None = None
+    class JailedKernelManager(AsyncKernelManager):
+        """A kernel manager that starts every kernel through :func:`main` in a fresh sandbox."""
 
-    async def _async_pre_start_kernel(self, **kw):
-        parent = Path(os.environ.get(JAIL_ENV) or tempfile.mkdtemp(prefix="bn-jail-"))
-        self.sandbox = parent / f"kernel-{uuid.uuid4().hex[:8]}"
-        (self.sandbox / "records").mkdir(parents=True)
-        make_shim(self.sandbox / "lib")
-        self.transport = "ipc"
-        self.ip = str(self.sandbox / "ipc")
-        self.connection_file = str(self.sandbox / "connection.json")
-        return await super()._async_pre_start_kernel(**kw)
+        sandbox: Path | None = None
 
-    def format_kernel_cmd(self, extra_arguments=None):
-        cmd = super().format_kernel_cmd(extra_arguments)
-        hide = [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
-        jail = [sys.executable, "-m", "grading.jail", "--sandbox", str(self.sandbox)]
-        for p in hide:
-            jail += ["--hide", p]
-        if isolation() == "full":
-            # a PID namespace too: when the kernel exits, every process it started dies
-            # and the whole jail dies with the grader's process (parent-death signal)
-            return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child",
-                    "--", *jail, "--namespaced", "--", *cmd]
-        return [*jail, "--", *cmd]
+        async def _async_pre_start_kernel(self, **kw):
+            parent = Path(os.environ.get(JAIL_ENV) or tempfile.mkdtemp(prefix="bn-jail-"))
+            self.sandbox = parent / f"kernel-{uuid.uuid4().hex[:8]}"
+            (self.sandbox / "records").mkdir(parents=True)
+            make_shim(self.sandbox / "lib")
+            self.transport = "ipc"
+            self.ip = str(self.sandbox / "ipc")
+            self.connection_file = str(self.sandbox / "connection.json")
+            return await super()._async_pre_start_kernel(**kw)
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            hide = [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
+            jail = [sys.executable, "-m", "grading.jail", "--sandbox", str(self.sandbox)]
+            for p in hide:
+                jail += ["--hide", p]
+            if isolation() == "full":
+                # a PID namespace too: when the kernel exits, every process it started dies
+                # and the whole jail dies with the grader's process (parent-death signal)
+                return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child",
+                        "--", *jail, "--namespaced", "--", *cmd]
+            return [*jail, "--", *cmd]
+
+    return JailedKernelManager
 
 
 # ------------------------------------------------------------ launcher ----
@@ -282,9 +287,12 @@ def _resilient_execute_class():
     return ResilientExecute
 
 
-def __getattr__(name):  # the class is built on first use: nbgrader imports are slow
-    if name == "ResilientExecute":
-        cls = _resilient_execute_class()
+_LAZY = {"ResilientExecute": _resilient_execute_class, "JailedKernelManager": _jailed_kernel_manager_class}
+
+
+def __getattr__(name):  # classes built on first use: their imports are slow
+    if name in _LAZY:
+        cls = _LAZY[name]()
         globals()[name] = cls
         return cls
     raise AttributeError(name)
