@@ -94,3 +94,10 @@ def test_the_api_reference_documents_every_public_name_of_bnlib():
     documented = set(re.findall(r"^\.\. (?:auto(?:function|class|exception|data)|py:data):: (\w+)", api, re.M))
     missing = sorted(set(bnlib.__all__) - documented)
     assert not missing, f"expected reference/api.md to document every name in bnlib.__all__; missing {missing}"
+
+
+def test_tool_folders_that_tests_create_are_not_pages():
+    """pytest and hypothesis write README-bearing folders into the project: a
+    later `make book` must not see them (a stray page fails the -W build)."""
+    for folder in (".pytest_cache", ".hypothesis", "_grading"):
+        assert folder in CONFIG["exclude_patterns"], f"expected {folder} in exclude_patterns; got {CONFIG['exclude_patterns']}"
