@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         print(f"class: {args.students} students x {len(names)} assignments = {n} notebooks "
               f"({kinds['right']} right, {kinds['blank']} blank, {n - kinds['right'] - kinds['blank']} with a typical mistake); "
               f"{os.cpu_count()} CPUs")
-        print(f"(a) sequential nbgrader autograde ...", flush=True)
+        print("(a) sequential nbgrader autograde ...", flush=True)
         t_a = run_sequential_nbgrader(base / "course-a", src, work)
         print(f"(b) python -m grading --jobs {args.jobs} ...", flush=True)
         t_b = run_command(base / "course-b", src, args.jobs)
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(f"{'run':<44}{'s/notebook':>12}{'notebooks/min':>15}")
-    for label, t in ((f"(a) sequential nbgrader autograde", t_a), (f"(b) python -m grading --jobs {args.jobs}", t_b),
+    for label, t in (("(a) sequential nbgrader autograde", t_a), (f"(b) python -m grading --jobs {args.jobs}", t_b),
                      ("(c) plain nbclient execution", t_c)):
         print(f"{label:<44}{t / n:>12.2f}{60 * n / t:>15.1f}")
     speedup = t_a / t_b

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from . import _judge
-from ._judge import _need
+from ._judge import _compare, _need
 from .checkers import CheckFailed, _close
 from .framework_checkers import (
     _bn_layers,
@@ -56,30 +56,12 @@ def _torch():
 
 
 def _match(got, expected, what, mistakes, *, rtol=RTOL32, atol=ATOL32):
-    """Like :func:`bnlib._judge._compare`, with float32 tolerances.
-
-    ``mistakes`` is a dict ``{name: (compute, explanation)}`` or a list of
-    such pairs (so that one name can cover several candidates).
-    """
+    """``bnlib._judge._compare`` with float32 tolerances, after a shape check."""
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
         raise CheckFailed(f"{what} must have shape {expected.shape}; got shape {got.shape}", "wrong-shape")
-    if _close(got, expected, rtol, atol):
-        return
-    for name, (compute, explanation) in (mistakes.items() if isinstance(mistakes, dict) else mistakes):
-        try:
-            candidate = np.asarray(compute(), dtype=np.float64)
-        except Exception:  # a mistake that cannot be computed here does not apply
-            continue
-        if candidate.shape == got.shape and _close(got, candidate, rtol, atol) and not _close(candidate, expected, rtol, atol):
-            raise CheckFailed(f"wrong {what}: {explanation}", name)
-    err = float(np.max(np.abs(got - expected)))
-    raise CheckFailed(
-        f"{what} differs from the reference by up to {err:.3g} (tolerance {atol:g} + {rtol:g} * |reference|); "
-        "no common mistake matches: print your values next to the reference's",
-        "wrong-values",
-    )
+    _compare(got, expected, what, mistakes, rtol=rtol, atol=atol)
 
 
 def _scalar(results, name) -> float:

@@ -56,24 +56,27 @@ def _need(results: dict, *names):
     return [np.asarray(results[n], dtype=np.float64) for n in names]
 
 
-def _compare(got: np.ndarray, expected: np.ndarray, what: str, mistakes: dict[str, tuple[Callable, str]]):
-    """Raise CheckFailed naming the first mistake whose answer matches ``got``."""
-    if _close(got, expected):
+def _compare(got: np.ndarray, expected: np.ndarray, what: str, mistakes, *, rtol: float = 1e-6, atol: float = 1e-8):
+    """Raise CheckFailed naming the first mistake whose answer matches ``got``.
+
+    ``mistakes`` is ``{name: (compute, explanation)}`` or a list of such pairs
+    (so that one name can cover several candidates).
+    """
+    if _close(got, expected, rtol, atol):
         return
-    for name, (compute, explanation) in mistakes.items():
+    for name, (compute, explanation) in (mistakes.items() if isinstance(mistakes, dict) else mistakes):
         try:
-            candidate = compute()
+            candidate = np.asarray(compute(), dtype=np.float64)
         except Exception:  # a mistake that cannot be computed here does not apply
             continue
-        if candidate.shape == got.shape and _close(got, candidate) and not _close(candidate, expected):
+        if candidate.shape == got.shape and _close(got, candidate, rtol, atol) and not _close(candidate, expected, rtol, atol):
             raise CheckFailed(f"wrong {what}: {explanation}", name)
     err = float(np.max(np.abs(got - expected)))
     raise CheckFailed(
-        f"{what} differs from the reference by up to {err:.3g} "
-        "(no common mistake matches; print your intermediate values and compare with the chapter's equations)",
+        f"{what} differs from the reference by up to {err:.3g} (tolerance {atol:g} + {rtol:g} * |reference|); "
+        "no common mistake matches: print your intermediate values and compare with the chapter's equations",
         "wrong-values",
     )
-
 
 
 # ------------------------------------------------------------ forward -----

@@ -38,7 +38,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import uuid
 from pathlib import Path
@@ -52,8 +51,8 @@ HIDE_ENV = "BNCOURSE_JAIL_HIDE"  # extra folders to hide (os.pathsep-separated),
 UID_BASE, UID_SPAN = 200_000, 60_000
 
 
-def kernel_uid(sandbox: Path) -> int:
-    """A user id for the kernel of ``sandbox``, distinct between concurrent kernels."""
+def kernel_uid() -> int:
+    """A random unprivileged user id, distinct between concurrent kernels (60 000 to choose from)."""
     return UID_BASE + int.from_bytes(os.urandom(4), "big") % UID_SPAN
 GIB = 1 << 30
 LIMITS = {
@@ -201,7 +200,7 @@ def main(argv=None) -> None:
         keep = kept_paths(sandbox)
         for root in hidden_roots(args.hide):
             _hide(root, keep)
-        uid = kernel_uid(sandbox)
+        uid = kernel_uid()
         for dirpath, _, files in os.walk(sandbox):
             os.chown(dirpath, uid, uid)
             for f in files:
