@@ -2,9 +2,11 @@
 network, limited resources, no reference implementation.
 
 nbgrader starts a kernel per notebook through nbclient; ``nbgrader_config.py``
-makes that kernel manager :class:`JailedKernelManager`, which wraps the
-kernel command in this module's launcher. Where the grader runs as root on
-Linux with ``unshare`` (util-linux), the launcher gives the kernel:
+makes that kernel manager :class:`JailedKernelManager`, whose provisioner has
+the kernel forked, already jailed, by this grading process's *zygote* (a
+Python that imported IPython's kernel and numpy once; see the launcher
+section). Where the grader runs as root on Linux and the system allows new
+namespaces, the kernel gets:
 
 - new mount, PID and network namespaces (when the kernel exits, every
   process it forked dies with it): no network interface but a loopback
@@ -18,21 +20,22 @@ Linux with ``unshare`` (util-linux), the launcher gives the kernel:
 - an unprivileged user id of its own (so per-user limits are per kernel);
 - resource limits (address space, processes, file size, CPU time, open
   files), so that a huge allocation, a fork bomb or an endless write fails
-  inside the kernel instead of harming the grader.
+  inside the kernel instead of harming the grader;
+- a clean environment and import path, and fresh random seeds.
 
 The kernel imports a *shim* ``bnlib`` from its sandbox holding only the
 checkers' probe half (:mod:`bnlib.checkers`, :mod:`bnlib.framework_checkers`),
 with ``BNLIB_CHECK_RECORD`` set: the probe records results for
 :mod:`grading.judge` and the reference implementation is nowhere to be found.
 
-Without root or ``unshare`` the launcher still applies the resource limits,
-the sandbox and the shim, and :func:`isolation` says what is missing; the
-grading report prints it.
+Without root or namespaces the launcher still applies the resource limits,
+the sandbox, the clean environment and the shim, and :func:`isolation` says
+what is missing; the grading report prints it.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
 import resource
 import shutil
@@ -67,14 +70,26 @@ SHIM_MODULES = ("checkers.py", "framework_checkers.py")
 SHIM_INIT = '"""bnlib during grading: the checkers\' probes only (see grading.jail)."""\n'
 
 
+NAMESPACE_PROBE = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.unshare(%d) != 0:\n"
+    "    sys.exit(os.strerror(ctypes.get_errno()))\n"
+)
+
+
+@functools.cache
 def isolation() -> str:
-    """``"full"``, or what the jail cannot do on this machine and why."""
+    """``"full"``, or what the jail cannot do on this machine and why (tried once per process)."""
     if os.name != "posix" or not sys.platform.startswith("linux"):
         return "limited: not Linux (no namespaces); resource limits and sandbox only"
     if os.geteuid() != 0:
         return "limited: not running as root (no namespaces, no user switch); resource limits and sandbox only"
-    if not shutil.which("unshare"):
-        return "limited: util-linux `unshare` not found; resource limits and sandbox only"
+    probe = subprocess.run([sys.executable, "-S", "-c", NAMESPACE_PROBE % (CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = probe.stderr.strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
+        return f"limited: this system refuses new namespaces ({why[0]}); resource limits and sandbox only"
     return "full"
 
 
@@ -110,11 +125,38 @@ def make_shim(lib: Path) -> None:
 
 def _jailed_kernel_manager_class():
     """The kernel manager class (built on first use: jupyter_client is slow to
-    import, and the launcher below, run once per kernel, never needs it)."""
+    import, and the zygote, which imports this module, never needs it)."""
+    import asyncio
+
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.provisioning import LocalProvisioner
+
+    class JailProvisioner(LocalProvisioner):
+        """Starts the kernel as a jailed child of this process's zygote (see the launcher below)."""
+
+        async def launch_kernel(self, cmd, **kw):
+            if cmd[1:3] != ["-m", "ipykernel_launcher"] or Path(cmd[0]).resolve() != Path(sys.executable).resolve():
+                raise RuntimeError("the grading jail starts this Python's IPython kernel only: expected "
+                                   f"[{sys.executable!r}, '-m', 'ipykernel_launcher', ...]; received {cmd}")
+            sandbox = self.parent.sandbox
+            request = {"sandbox": str(sandbox), "argv": cmd[3:], "env": kernel_env(sandbox),
+                       "hide": [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p],
+                       "namespaced": isolation() == "full"}
+            self.process = Zygote.spawn_kernel(request)
+            self.pid, self.pgid, self.cwd = self.process.pid, None, str(sandbox)
+            return self.connection_info
+
+        async def wait(self):
+            """As LocalProvisioner's, polling every 5 ms instead of 100 ms."""
+            ret = 0
+            if self.process:
+                while await self.poll() is None:
+                    await asyncio.sleep(0.005)
+                ret, self.process = self.process.returncode, None
+            return ret
 
     class JailedKernelManager(AsyncKernelManager):
-        """A kernel manager that starts every kernel through :func:`main` in a fresh sandbox."""
+        """A kernel manager that starts every kernel jailed, in a fresh sandbox."""
 
         sandbox: Path | None = None
 
@@ -126,37 +168,74 @@ def _jailed_kernel_manager_class():
             self.transport = "ipc"
             self.ip = str(self.sandbox / "ipc")
             self.connection_file = str(self.sandbox / "connection.json")
+            self.kernel_id = self.kernel_id or kw.pop("kernel_id", str(uuid.uuid4()))
+            if self.provisioner is None:
+                self.provisioner = JailProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
             return await super()._async_pre_start_kernel(**kw)
 
-        def format_kernel_cmd(self, extra_arguments=None):
-            cmd = super().format_kernel_cmd(extra_arguments)
-            hide = [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
-            jail = [sys.executable, "-m", "grading.jail", "--sandbox", str(self.sandbox)]
-            for p in hide:
-                jail += ["--hide", p]
-            if isolation() == "full":
-                # a PID namespace too: when the kernel exits, every process it started dies
-                # and the whole jail dies with the grader's process (parent-death signal)
-                return ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child",
-                        "--", *jail, "--namespaced", "--", *cmd]
-            return [*jail, "--", *cmd]
+        async def _async_finish_shutdown(self, waittime=None, pollinterval=0.1, restart=False):
+            # a jailed kernel exits within milliseconds of its shutdown reply: look every 5 ms, not 100
+            return await super()._async_finish_shutdown(waittime, pollinterval=0.005, restart=restart)
 
     return JailedKernelManager
 
 
 # ------------------------------------------------------------ launcher ----
-def _mount(*args: str, pass_fds=()) -> None:
-    subprocess.run(["mount", *args], check=True, pass_fds=pass_fds)
+#
+# Every graded kernel imports the same modules (IPython's kernel, numpy): a
+# third of a notebook's grading time when each kernel is a fresh Python. So
+# each grading process keeps one *zygote* (``python -m grading.jail``), a
+# Python that has imported them once and forks a kernel per request. The
+# child builds the jail before it runs a line of the kernel: a new session;
+# new mount, network and PID namespaces; the hidden folders; rlimits; its
+# own user id; a clean environment and ``sys.path`` (the shim first, no
+# project folder, no editable-install finder); fresh random seeds.
+#
+# In the namespaces the forked child stays outside the new PID namespace as
+# the jail's *keeper*: the kernel is its child, PID 1 of the namespace, so
+# every process the kernel starts dies with it. The keeper forwards signals;
+# asked to end (SIGTERM, or its parent-death signal) it kills the kernel.
+# The grader sees the keeper through a pidfd that the zygote passes back.
+
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+PR_SET_PDEATHSIG = 1
+PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp")  # what every graded kernel imports
+_libc = None
+
+
+def _sys(name: str, *args) -> None:
+    """Call a libc function; raise OSError on failure."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(_libc, name)(*args) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}{args}: {os.strerror(err)}")
+
+
+def _on_parent_death(sig: int) -> None:
+    if sys.platform.startswith("linux"):
+        _sys("prctl", PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _mount(source, target, fstype, flags: int, data=None) -> None:
+    enc = lambda s: None if s is None else os.fsencode(str(s))  # noqa: E731
+    _sys("mount", enc(source), enc(target), enc(fstype), flags, enc(data))
 
 
 def _hide(root: Path, keep: list[Path]) -> None:
     """Mount an empty tmpfs on ``root``, then bind the ``keep`` paths under it back."""
     inside = [k for k in keep if root in k.parents]
     fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in inside]
-    _mount("-t", "tmpfs", "-o", "mode=755,size=16m", "tmpfs", str(root))
+    _mount("tmpfs", root, "tmpfs", 0, "mode=755,size=16m")
     for k, fd in zip(inside, fds):
         k.mkdir(parents=True, exist_ok=True)
-        _mount("--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", str(k), pass_fds=(fd,))
+        _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
         os.close(fd)
 
 
@@ -168,17 +247,8 @@ def _limit() -> None:
         resource.setrlimit(rl, (value, value))
 
 
-def main(argv=None) -> None:
-    """``python -m grading.jail --sandbox DIR [--hide P]... [--namespaced] -- KERNEL COMMAND``."""
-    argv = sys.argv[1:] if argv is None else argv
-    sep = argv.index("--")
-    p = argparse.ArgumentParser(prog="python -m grading.jail")
-    p.add_argument("--sandbox", type=Path, required=True)
-    p.add_argument("--hide", action="append", default=[])
-    p.add_argument("--namespaced", action="store_true", help="running in fresh mount and network namespaces")
-    args = p.parse_args(argv[:sep])
-    cmd = argv[sep + 1:]
-    sandbox = args.sandbox.resolve()
+def kernel_env(sandbox: Path) -> dict[str, str]:
+    """The kernel's whole environment: its sandbox's paths and a few framework settings from the grader's."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(sandbox),
@@ -192,38 +262,287 @@ def main(argv=None) -> None:
         "LANG": "C.UTF-8",
     }
     for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
-                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "PYTHONHASHSEED"):
+                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         if name in os.environ:
             env[name] = os.environ[name]
-    if args.namespaced:
-        _mount("--make-rprivate", "/")
-        keep = kept_paths(sandbox)
-        for root in hidden_roots(args.hide):
-            _hide(root, keep)
-        uid = kernel_uid()
-        for dirpath, _, files in os.walk(sandbox):
-            os.chown(dirpath, uid, uid)
-            for f in files:
-                os.chown(os.path.join(dirpath, f), uid, uid)
-    _limit()
-    os.chdir(sandbox)
-    # the kernel's own console output (IPython's banner, framework logs) goes
-    # to a file in the sandbox, not to the grader's console
-    log = os.open(sandbox / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    if args.namespaced:
-        os.fchown(log, uid, uid)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    if args.namespaced:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    os.execvpe(cmd[0], cmd, env)
+    return env
 
 
-if __name__ == "__main__":
-    main()
+def _keep(kernel: int) -> None:
+    """The keeper: forward signals to the kernel, kill it when asked to end, exit with its status."""
+    import signal
+
+    def forward(signum, _frame):
+        try:
+            os.kill(kernel, signal.SIGKILL if signum in (signal.SIGTERM, signal.SIGHUP) else signum)
+        except ProcessLookupError:
+            pass
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, forward)
+    _on_parent_death(signal.SIGTERM)
+    _, status = os.waitpid(kernel, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _python_path(lib: Path) -> list[str]:
+    """The kernel's ``sys.path``: the shim, then the Python installation and the environment only."""
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    keep = [p for p in sys.path if p and any(r == Path(p).resolve() or r in Path(p).resolve().parents for r in roots)]
+    return [str(lib), *keep]
+
+
+def _become_kernel(request: dict) -> None:
+    """In the zygote's child: build the jail, then run the IPython kernel in this process. Never returns."""
+    import importlib
+    import random
+    import signal
+
+    code = 1
+    try:
+        for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_DFL if s != signal.SIGPIPE else signal.SIG_IGN)
+        os.setsid()
+        sandbox = Path(request["sandbox"]).resolve()
+        namespaced = request["namespaced"]
+        if namespaced:
+            _sys("unshare", CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
+            kernel = os.fork()
+            if kernel:
+                _keep(kernel)
+            # the kernel: PID 1 of the new PID namespace
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            keep = kept_paths(sandbox)
+            for root in hidden_roots(request["hide"]):
+                _hide(root, keep)
+            uid = kernel_uid()
+            for dirpath, _, files in os.walk(sandbox):
+                os.chown(dirpath, uid, uid)
+                for f in files:
+                    os.chown(os.path.join(dirpath, f), uid, uid)
+        else:
+            _on_parent_death(signal.SIGKILL)
+        _limit()
+        os.chdir(sandbox)
+        # the kernel's own console output (IPython's banner, framework logs) goes
+        # to a file in the sandbox, not to the grader's console
+        log = os.open(sandbox / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        if namespaced:
+            os.fchown(log, uid, uid)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 1 << 16)  # the zygote's channel to the grader among them
+        if namespaced:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            _on_parent_death(signal.SIGKILL)  # a change of user clears it
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.path[:] = _python_path(sandbox / "lib")
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+        sys.path_importer_cache.clear()
+        importlib.invalidate_caches()
+        for name in [m for m in sys.modules if m == "grading" or m.startswith("grading.")]:
+            del sys.modules[name]
+        random.seed()  # not the zygote's state: every kernel draws its own numbers
+        sys.modules["numpy.random"].seed()
+        sys.argv = ["ipykernel_launcher", *request["argv"]]
+        from ipykernel import kernelapp
+
+        kernelapp.launch_new_instance()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the kernel could not start: say why in its log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+def zygote(fd: int) -> None:
+    """``python -m grading.jail FD``: import :data:`PRELOAD`, then fork a jailed kernel per request on socket FD.
+
+    A request is one JSON object (see :class:`Zygote`); the reply is
+    ``{"pid": N}`` with a pidfd of the child attached. EOF ends the zygote.
+    """
+    import json
+    import signal
+    import socket
+
+    for name in PRELOAD:
+        __import__(name)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader decides when the zygote ends (EOF)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the system
+    chan = socket.socket(fileno=fd)
+    buf = b""
+    while True:
+        data = chan.recv(1 << 16)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                chan.close()
+                _become_kernel(request)
+            fds = []
+            try:
+                fds = [os.pidfd_open(pid)]
+            except (AttributeError, OSError):
+                pass
+            socket.send_fds(chan, [json.dumps({"pid": pid}).encode() + b"\n"], fds)
+            for f in fds:
+                os.close(f)
+
+
+class ForkedKernel:
+    """A kernel forked by the zygote, with the ``subprocess.Popen`` methods jupyter_client uses."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int, pidfd: int | None, namespaced: bool):
+        self.pid, self.pidfd, self.namespaced, self.returncode = pid, pidfd, namespaced, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            import select
+
+            if self.pidfd is not None:
+                gone = bool(select.select([self.pidfd], [], [], 0)[0])
+            else:
+                try:
+                    os.kill(self.pid, 0)
+                    gone = False
+                except ProcessLookupError:
+                    gone = True
+            if gone:
+                self.returncode = -1  # the zygote reaped it; its status is in its kernel.log
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+                    self.pidfd = None
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"kernel {self.pid} still running after {timeout} s")
+            time.sleep(0.005)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        import signal
+
+        if self.poll() is not None:
+            return
+        if self.namespaced and signum == signal.SIGKILL:
+            signum = signal.SIGTERM  # the keeper kills the kernel (PID 1 of the jail, so all of it) and exits
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            elif self.namespaced:
+                os.kill(self.pid, signum)
+            else:
+                os.killpg(self.pid, signum)  # the kernel's own session: its children too
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+
+class Zygote:
+    """This process's zygote, started on first use and ended with the process."""
+
+    _instance: "Zygote | None" = None
+
+    def __init__(self):
+        import socket
+        import threading
+
+        mine, theirs = socket.socketpair()
+        self.chan = mine
+        env = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
+                                                             "KERAS_BACKEND", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"}}
+        home = tempfile.mkdtemp(prefix="bn-zygote-")
+        self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.jail", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), cwd=home,
+                                     env=env | {"HOME": home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
+                                     stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.home = home
+        self.lock = threading.Lock()
+        self.buf = b""
+
+    @classmethod
+    def get(cls) -> "Zygote":
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+            import atexit
+
+            atexit.register(cls._instance.close)
+        return cls._instance
+
+    def spawn(self, request: dict) -> ForkedKernel:
+        """Have the zygote fork a jailed kernel for ``request``; raises OSError if the zygote is gone."""
+        import json
+        import socket
+
+        fds: list[int] = []
+        with self.lock:
+            self.chan.sendall(json.dumps(request).encode() + b"\n")
+            while b"\n" not in self.buf:
+                data, got, _, _ = socket.recv_fds(self.chan, 4096, 1)
+                if not data:
+                    raise ConnectionError(f"the kernel zygote exited (status {self.proc.wait()})")
+                self.buf += data
+                fds += got
+            line, self.buf = self.buf.split(b"\n", 1)
+        reply = json.loads(line)
+        return ForkedKernel(reply["pid"], fds[0] if fds else None, request["namespaced"])
+
+    @classmethod
+    def spawn_kernel(cls, request: dict) -> ForkedKernel:
+        """:meth:`spawn` in this process's zygote; if that zygote died, in a fresh one."""
+        try:
+            return cls.get().spawn(request)
+        except OSError:
+            if cls._instance is not None:
+                cls._instance.close()
+                cls._instance = None
+            return cls.get().spawn(request)
+
+    def close(self) -> None:
+        """End the zygote (it exits when its channel closes); the kernels it forked are not touched."""
+        self.chan.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
 
 
 # ------------------------------------------------- surviving a dead kernel --
@@ -295,3 +614,7 @@ def __getattr__(name):  # classes built on first use: their imports are slow
         globals()[name] = cls
         return cls
     raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    zygote(int(sys.argv[1]))

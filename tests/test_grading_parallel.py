@@ -4,9 +4,9 @@
   it busy waits (a long busy timeout) instead of failing;
 - eight notebooks graded by two processes each get all their grades, once,
   and the scores a right, blank or wrong answer deserves;
-- a run killed halfway (SIGKILL to its whole process group) and started again
-  grades nothing twice and ends with the same grades.csv and report.md as an
-  uninterrupted run.
+- a run killed halfway (SIGKILL to its whole process group) leaves no kernel
+  running, and started again grades nothing twice and ends with the same
+  grades.csv and report.md as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -81,13 +81,21 @@ def env():
     return os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def kill_kernels_of(course: Path) -> list[int]:
-    """End the kernels a killed run left behind: they run in sessions of their own, out of reach of killpg.
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the command name in parentheses
+        chain.append(pid)
+    return chain
 
-    Only processes whose command line names this test's course folder (the
-    jail's ``--hide`` argument) are ended, by pid.
-    """
-    ended = []
+
+def jail_processes() -> list[int]:
+    """Zygotes, keepers and kernels: all run ``python -m grading.jail`` (a kernel is a fork of its zygote)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -95,13 +103,33 @@ def kill_kernels_of(course: Path) -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(course).encode() in args:
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                ended.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return ended
+        if b"grading.jail" in args:
+            found.append(int(entry.name))
+    return found
+
+
+def stray_jail_processes() -> list[int]:
+    """The jail processes not started by this test process."""
+    return [p for p in jail_processes() if os.getpid() not in _ancestors(p)]
+
+
+def kernel_running() -> bool:
+    """Whether a forked kernel (or its keeper) is running: a jail process whose parent is one too."""
+    jailed = set(jail_processes())
+    return any(_ancestors(p)[:1] and _ancestors(p)[0] in jailed for p in jailed)
+
+
+def outlived(seconds: float = 10.0) -> list[int]:
+    """The jail processes still alive ``seconds`` after a run was killed (each is then killed)."""
+    deadline = time.monotonic() + seconds
+    while (left := stray_jail_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
 
 
 def test_a_busy_gradebook_makes_a_writer_wait_instead_of_failing(tmp_path):
@@ -176,13 +204,15 @@ def test_a_killed_run_started_again_grades_nothing_twice_and_reports_the_same(ha
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
-        while len(journal_lines(course)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # kill it halfway, while a kernel runs: two notebooks journaled and a kernel alive
+        while (len(journal_lines(course)) < 2 or not kernel_running()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        orphans = kill_kernels_of(course)
-    print(f"kernels left running by the killed run (ended by the test): {orphans}")
+        orphans = outlived()
+    # the kernels run in sessions of their own, out of killpg's reach: the jail must end them
+    assert orphans == [], f"jail processes (zygote, keeper or kernel) outlived the killed run: {orphans}"
     first = journal_lines(course)
     assert 2 <= len(first) < len(expected_class()), (
         f"expected the run to be killed halfway; {len(first)} of {len(expected_class())} were journaled")

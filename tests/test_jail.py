@@ -1,0 +1,169 @@
+"""The jailed kernel itself, started as grading starts it (``grading.jail``).
+
+Each test starts kernels through :class:`~grading.jail.JailedKernelManager`
+and asks them about themselves: what they can import, see and reach, who
+they run as, what they inherited from the zygote they were forked from, and
+whether anything of them is left once they are shut down or killed. The
+limited mode (no root, or no namespaces) is forced by replacing
+:func:`grading.jail.isolation`, as a machine without them would answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from grading import jail
+
+FULL = jail.isolation() == "full"
+CANARY = "BNCOURSE_TEST_SECRET"  # set in the grader's environment: no kernel may see it
+PROBE = """
+import json, os, random, sys
+import numpy as np
+import bnlib
+report = {
+    "uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(), "env": sorted(os.environ), "home": os.environ.get("HOME"),
+    "bnlib": sorted(n for n in dir(bnlib) if not n.startswith("_")), "bnlib_file": bnlib.__file__,
+    "path": sys.path, "project_visible": os.path.exists(%(project)r),
+    "grading_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "grading"),
+    "numpy_random": np.random.rand(3).tolist(), "random": random.random(),
+}
+print("REPORT" + json.dumps(report))
+"""
+
+
+async def _run(code: str, sandboxes: Path) -> tuple[dict, object]:
+    """Start a jailed kernel, run ``code``, return (the JSON it printed after REPORT, its ForkedKernel), shut it down."""
+    km = jail.JailedKernelManager(kernel_name="python3")
+    os.environ[jail.JAIL_ENV] = str(sandboxes)
+    os.environ[CANARY] = "the instructor's token"
+    try:
+        await km.start_kernel()
+        proc = km.provisioner.process
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        out = []
+        await kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    finally:
+        os.environ.pop(jail.JAIL_ENV, None)
+        os.environ.pop(CANARY, None)
+    text = "".join(out)
+    assert "REPORT" in text, f"the kernel printed no report; its output: {text!r}"
+    return json.loads(text.split("REPORT", 1)[1]), proc
+
+
+def run(code: str, sandboxes: Path):
+    return asyncio.run(_run(code, sandboxes))
+
+
+def gone(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def check_common(report: dict, sandboxes: Path) -> None:
+    assert set(report["bnlib"]) <= {"checkers", "framework_checkers"}, (
+        f"expected the probe-only shim bnlib; the kernel's bnlib offers {report['bnlib']}")
+    assert "batchnorm_forward" not in report["bnlib"]
+    assert report["bnlib_file"].startswith(str(sandboxes)), f"expected the shim from the sandbox; received {report['bnlib_file']}"
+    assert report["cwd"].startswith(str(sandboxes))
+    assert not any(p.startswith(str(jail.PROJECT) + os.sep) and ".venv" not in p or p == str(jail.PROJECT) for p in report["path"]), (
+        f"the project folder is on the kernel's sys.path: {report['path']}")
+    assert report["grading_loaded"] == [], f"grading modules left in the kernel: {report['grading_loaded']}"
+    assert CANARY not in report["env"], "the kernel inherited a variable of the grader's environment"
+    assert report["home"] == report["cwd"], f"expected HOME to be the sandbox; received {report['home']}"
+    assert "BNLIB_CHECK_RECORD" in report["env"]
+
+
+@pytest.mark.skipif(not FULL, reason=f"the jail's namespaces are not available here: {jail.isolation()}")
+def test_a_full_jail_hides_the_project_runs_unprivileged_and_dies_whole(tmp_path):
+    report, proc = run(PROBE % {"project": str(jail.PROJECT / "solutions")}, tmp_path)
+    check_common(report, tmp_path)
+    assert report["uid"] >= jail.UID_BASE, f"expected an unprivileged uid of the kernel's own; received {report['uid']}"
+    assert report["pid"] == 1, f"expected the kernel to be PID 1 of its own PID namespace; received {report['pid']}"
+    assert report["project_visible"] is False, "the kernel can see the project's solutions/"
+    assert gone(proc.pid), f"the jail's keeper {proc.pid} outlived the kernel's shutdown"
+
+
+def test_a_limited_jail_still_gives_a_clean_kernel(tmp_path, monkeypatch):
+    jail.isolation()  # cache the real answer first, then pretend this machine has no namespaces
+    monkeypatch.setattr(jail, "isolation", lambda: "limited: forced by the test")
+    report, proc = run(PROBE % {"project": str(jail.PROJECT / "solutions")}, tmp_path)
+    check_common(report, tmp_path)
+    assert report["pid"] == proc.pid, "in the limited mode the kernel is the zygote's child itself"
+    assert gone(proc.pid)
+
+
+def test_kernels_forked_from_one_zygote_get_fresh_random_seeds(tmp_path):
+    first, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
+    second, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
+    for name in ("numpy_random", "random"):
+        assert first[name] != second[name], f"two kernels drew the same unseeded {name} numbers (the zygote's state)"
+
+
+def test_a_killed_kernel_takes_its_children_with_it(tmp_path):
+    """SIGKILL as jupyter_client sends it on a forced shutdown: nothing the kernel started may survive."""
+    async def go():
+        km = jail.JailedKernelManager(kernel_name="python3")
+        os.environ[jail.JAIL_ENV] = str(tmp_path)
+        try:
+            await km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            out = []
+            # a grandchild that ignores SIGTERM and sleeps: it must still die with the kernel
+            code = ("import subprocess, sys\n"
+                    "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+                    "print('CHILD', p.pid)\n")
+            await kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
+            kc.stop_channels()
+            keeper = km.provisioner.process.pid
+            await km.shutdown_kernel(now=True)
+            return keeper
+        finally:
+            os.environ.pop(jail.JAIL_ENV, None)
+
+    keeper = asyncio.run(go())
+    assert gone(keeper), f"the jail (pid {keeper}) survived a forced shutdown"
+    sleepers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and b"time.sleep(600)" in _cmdline(p)]
+    for p in sleepers:
+        os.kill(int(p.name), signal.SIGKILL)
+    assert sleepers == [], f"processes the kernel started outlived it: {[p.name for p in sleepers]}"
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_jail_refuses_a_kernel_it_cannot_jail(tmp_path):
+    """Only this Python's IPython kernel is forked from the zygote; anything else is refused, in words."""
+    async def go():
+        km = jail.JailedKernelManager(kernel_name="python3")
+        km.kernel_spec.argv = ["/bin/sh", "-c", "sleep 1"]
+        os.environ[jail.JAIL_ENV] = str(tmp_path)
+        try:
+            await km.start_kernel(extra_arguments=[])
+        finally:
+            os.environ.pop(jail.JAIL_ENV, None)
+
+    with pytest.raises(RuntimeError, match="IPython kernel only"):
+        asyncio.run(go())
