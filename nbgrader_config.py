@@ -39,7 +39,9 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
 
-# Feedback for learners: grades and messages, never the hidden tests.
+# Feedback for learners: grades and messages, never the hidden tests
+# (rendered by nbconvert's HTML exporter, its templates compiled once a process).
+c.GenerateFeedback.exporter_class = "grading.feedback.FeedbackExporter"
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
     "grading.feedback.HideHiddenTests",

@@ -1,4 +1,4 @@
-"""Feedback that never shows a hidden test.
+"""Feedback that never shows a hidden test, rendered without recompiling its templates.
 
 nbgrader's feedback shows each test cell as it ran in the autograded
 notebook: its source, hidden tests included, and the traceback of a failure,
@@ -6,8 +6,17 @@ whose frames quote the failing hidden line. :class:`HideHiddenTests` removes
 the hidden region from the source (nbgrader's own ``ClearHiddenTests``) and
 cuts the traceback of a cell that had one down to the error's message, which
 the checkers write for learners ("[unbiased-variance] you normalized with...").
+
+nbgrader renders each feedback page with a new ``HTMLExporter``, whose new
+Jinja environment parses and compiles nbconvert's nine templates again: a
+quarter of a notebook's grading time in the grader. :class:`FeedbackExporter`
+gives every environment of the process one Jinja bytecode cache (Jinja's own
+extension point; an entry is keyed by the template's name and checksum, so a
+changed template is compiled afresh).
 """
 
+from jinja2 import BytecodeCache
+from nbconvert.exporters import HTMLExporter
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 
 
@@ -27,3 +36,33 @@ class HideHiddenTests(NbGraderPreprocessor):
                         out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}",
                                             "(a hidden test failed; its code is not shown)"]
         return nb, resources
+
+
+class MemoryBytecodeCache(BytecodeCache):
+    """Compiled Jinja templates, kept in memory for the life of the process."""
+
+    def __init__(self):
+        self.store: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket):
+        code = self.store.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket):
+        self.store[bucket.key] = bucket.bytecode_to_string()
+
+    def clear(self):
+        self.store.clear()
+
+
+BYTECODE = MemoryBytecodeCache()
+
+
+class FeedbackExporter(HTMLExporter):
+    """nbconvert's HTML exporter (configured as nbgrader configures it), its templates compiled once per process."""
+
+    def _create_environment(self):
+        environment = super()._create_environment()
+        environment.bytecode_cache = BYTECODE
+        return environment
