@@ -26,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -76,8 +77,6 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
     ``"feedback-failed"``, message the failure line ("" when graded) and
     sha256 that of the notebook graded.
     """
-    import shutil
-
     from . import course as C
 
     root = Path(course_root)
@@ -141,12 +140,71 @@ class Journal:
         self.entries[(entry["assignment"], entry["student"])] = entry
 
 
-def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None) -> dict:
+INFLIGHT = ".inflight"  # in the course folder: a file per submission being graded
+
+
+def _inflight(course_root: Path, assignment: str, student: str) -> Path:
+    return Path(course_root) / INFLIGHT / sha256_text(f"{assignment}\0{student}")
+
+
+def _grade_marked(grade, course_root: Path, assignment: str, student: str, notebook: str | None) -> dict:
+    """``grade(...)`` with a marker file present while it runs: a worker that dies leaves its marker behind."""
+    marker = _inflight(course_root, assignment, student)
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(json.dumps([assignment, student]))
+    try:
+        return grade(course_root, assignment, student, notebook)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _crashed(assignment: str, student: str) -> dict:
+    return {"assignment": assignment, "student": student, "sha256": "", "status": "autograde-failed", "pid": None,
+            "message": "autograding failed: the grading process crashed on this submission (twice, the second time "
+                       "grading it alone); the rest of the class was graded without it"}
+
+
+def _pool_run(course_root: Path, items: list, jobs: int, grade, finish) -> list:
+    """Grade ``items`` in a pool of ``jobs`` spawned workers; return the items left unfinished if a worker died."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")
+    unfinished = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx) as pool:
+        pending = {pool.submit(_grade_marked, grade, course_root, a, s, text): (a, s, text) for a, s, text in items}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                item = pending.pop(fut)
+                try:
+                    record = fut.result()
+                except BrokenProcessPool:  # a worker died: this item was not graded, and the pool is lost
+                    unfinished.append(item)
+                    continue
+                except Exception as e:  # noqa: BLE001 - grading this one raised: report it, go on
+                    record = {"assignment": item[0], "student": item[1], "sha256": "", "status": "autograde-failed", "pid": None,
+                              "message": f"autograding failed: the grading process raised {type(e).__name__}: {e}"}
+                finish(record)
+    return unfinished
+
+
+def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None, grade=None) -> dict:
     """Grade ``work`` = [(assignment, student, notebook JSON)] with ``jobs`` processes.
 
     ``on_done(record)`` is called in this process as each submission finishes
     (in completion order); returns ``{(assignment, student): record}``.
+    ``grade`` is :func:`grade_one` unless given (a picklable function with
+    the same signature).
+
+    A worker process that dies (a crash, the out-of-memory killer) breaks
+    the whole pool, and every submission the pool had not finished comes
+    back unfinished. The ones that were being graded at that moment (their
+    marker files remain in ``.inflight/``) are then graded alone, one pool
+    each: one that breaks its own pool too gets a failure record; the others
+    go to a fresh pool. So a submission that kills the grader costs no one
+    else their grade.
     """
+    grade = grade or grade_one
     results = {}
 
     def finish(record):
@@ -156,19 +214,21 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
 
     if jobs <= 1 or len(work) <= 1:
         for assignment, student, text in work:
-            finish(grade_one(course_root, assignment, student, text))
+            finish(grade(course_root, assignment, student, text))
         return results
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=ctx) as pool:
-        pending = {pool.submit(grade_one, course_root, a, s, text): (a, s) for a, s, text in work}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                a, s = pending.pop(fut)
-                try:
-                    record = fut.result()
-                except Exception as e:  # a worker that died takes its submission with it: report it, go on
-                    record = {"assignment": a, "student": s, "sha256": "", "status": "autograde-failed",
-                              "message": f"autograding failed: the grading process failed ({type(e).__name__}: {e})", "pid": None}
-                finish(record)
+    inflight = Path(course_root) / INFLIGHT
+    shutil.rmtree(inflight, ignore_errors=True)
+    todo = list(work)
+    while todo:
+        unfinished = _pool_run(course_root, todo, jobs, grade, finish)
+        suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
+        if unfinished and not suspects:  # a worker died outside any submission: treat them all as suspects
+            suspects = unfinished
+        for a, s, text in suspects:
+            _inflight(course_root, a, s).unlink(missing_ok=True)
+            if _pool_run(course_root, [(a, s, text)], 1, grade, finish):
+                _inflight(course_root, a, s).unlink(missing_ok=True)
+                finish(_crashed(a, s))
+        todo = [item for item in unfinished if item not in suspects]
+    shutil.rmtree(inflight, ignore_errors=True)
     return results

@@ -255,3 +255,32 @@ def test_a_changed_notebook_is_graded_again_and_an_unchanged_one_is_not(hand_ins
     assert len(journal_lines(course)) == len(before) + 2 and (last["assignment"], last["student"]) == (a, "ada")
     rows = {(r["assignment"], r["student_id"]): float(r["raw_score"]) for r in csv.DictReader((course / "grades.csv").open())}
     assert rows[(a, "ada")] == 0, "the blank resubmission kept the earlier full marks"
+
+
+CRASHER = "zed"
+
+
+def grade_or_crash(course_root, assignment, student, notebook):
+    """grade_one, except that grading CRASHER's submission kills the worker process, as a crash in the grader would."""
+    if student == CRASHER:
+        os._exit(3)
+    return G.grade_one(course_root, assignment, student, notebook)
+
+
+def test_a_worker_that_dies_costs_only_the_submission_it_was_grading(hand_ins, tmp_path):
+    a = ASSIGNMENTS[0]
+    course = C.make_course(tmp_path / "course")
+    C.generate(G.grading_api(course), [a])
+    work = [(a, s, (hand_ins / f"{s}_{a}.ipynb").read_text()) for s in ("ada", "blake")]
+    work.insert(1, (a, CRASHER, work[0][2]))
+    work += [(a, s, (hand_ins / f"{s}_{a}.ipynb").read_text()) for s in ("casey", "drew")]
+    results = G.grade_all(course, work, jobs=2, grade=grade_or_crash)
+    assert sorted(results) == sorted((a, s) for _, s, _ in work)
+    crashed = results[(a, CRASHER)]
+    assert crashed["status"] == "autograde-failed" and "crashed on this submission" in crashed["message"], crashed
+    others = {s: r["status"] for (_, s), r in results.items() if s != CRASHER}
+    assert others == {s: "graded" for s in others}, f"expected every other submission graded; received {others}"
+    api = G.grading_api(course)
+    tests = {gid: v for gid, v in C.scores(api, a, "ada").items() if gid.startswith("test-")}
+    assert tests and all(score == top for score, top in tests.values()), f"the right answer lost points: {tests}"
+    assert not (course / G.INFLIGHT).exists()
