@@ -102,3 +102,22 @@ def test_sample_class_is_complete_and_recognised(tmp_path):
     subs, problems = K.collect(folder, known)
     assert len(subs) == 2 * len(known) + len(CATALOG) + 3
     assert sorted(p.message.split(":")[0] for p in problems) == ["extra file, not a notebook", "not valid JSON (line 1, column 12"]
+
+
+def test_feedback_templates_are_compiled_once_per_process(monkeypatch):
+    """nbgrader makes a new exporter per feedback page; the templates must not be parsed again for each."""
+    from jinja2 import Environment
+
+    from grading.feedback import BYTECODE, FeedbackExporter
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    parsed = []
+    real = Environment._parse
+    monkeypatch.setattr(Environment, "_parse", lambda self, source, name, filename: parsed.append(name) or real(self, source, name, filename))
+    BYTECODE.clear()
+    first, _ = FeedbackExporter().from_notebook_node(nb)
+    once = len(parsed)
+    second, _ = FeedbackExporter().from_notebook_node(nb)
+    assert once > 0, "the first page parsed no template: this test no longer sees the rendering"
+    assert len(parsed) == once, f"the second page parsed templates again: {parsed[once:]}"
+    assert first == second and '<span class="mi">1</span>' in second
