@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -142,7 +143,8 @@ def _jailed_kernel_manager_class():
             request = {"sandbox": str(sandbox), "argv": cmd[3:], "env": kernel_env(sandbox),
                        "hide": [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p],
                        "namespaced": isolation() == "full"}
-            self.process = Zygote.spawn_kernel(request)
+            frameworks = tuple(f for f in FRAMEWORKS if f in os.environ.get(PRELOAD_ENV, "").split(","))
+            self.process = Zygote.spawn_kernel(request, frameworks)
             self.pid, self.pgid, self.cwd = self.process.pid, None, str(sandbox)
             return self.connection_info
 
@@ -201,6 +203,19 @@ CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 PR_SET_PDEATHSIG = 1
 PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp")  # what every graded kernel imports
+FRAMEWORKS = ("tensorflow", "keras", "torch")  # preloaded too where the assignment imports them (seconds each)
+PRELOAD_ENV = "BNCOURSE_JAIL_PRELOAD"  # the frameworks to preload for this submission's kernels (comma-separated)
+_IMPORT = re.compile(r"^\s*(?:import|from)\s+(tensorflow|keras|torch)\b", re.MULTILINE)
+
+
+def frameworks_of(source_notebook: Path) -> tuple[str, ...]:
+    """The frameworks of :data:`FRAMEWORKS` that the assignment's source notebook imports, in that order."""
+    import json
+
+    cells = json.loads(Path(source_notebook).read_text(encoding="utf-8")).get("cells", [])
+    code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
+    found = set(_IMPORT.findall(code))
+    return tuple(f for f in FRAMEWORKS if f in found)
 _libc = None
 
 
@@ -369,8 +384,9 @@ def _become_kernel(request: dict) -> None:
         os._exit(code)
 
 
-def zygote(fd: int) -> None:
-    """``python -m grading.jail FD``: import :data:`PRELOAD`, then fork a jailed kernel per request on socket FD.
+def zygote(fd: int, extra: list[str]) -> None:
+    """``python -m grading.jail FD [FRAMEWORK...]``: import :data:`PRELOAD` and the frameworks,
+    then fork a jailed kernel per request on socket FD.
 
     A request is one JSON object (see :class:`Zygote`); the reply is
     ``{"pid": N}`` with a pidfd of the child attached. EOF ends the zygote.
@@ -379,7 +395,7 @@ def zygote(fd: int) -> None:
     import signal
     import socket
 
-    for name in PRELOAD:
+    for name in (*PRELOAD, *extra):
         __import__(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader decides when the zygote ends (EOF)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the system
@@ -473,11 +489,11 @@ class ForkedKernel:
 
 
 class Zygote:
-    """This process's zygote, started on first use and ended with the process."""
+    """A zygote of this process, one per set of preloaded frameworks, started on first use and ended with the process."""
 
-    _instance: "Zygote | None" = None
+    _instances: dict[tuple[str, ...], "Zygote"] = {}
 
-    def __init__(self):
+    def __init__(self, frameworks: tuple[str, ...] = ()):
         import socket
         import threading
 
@@ -486,7 +502,7 @@ class Zygote:
         env = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
                                                              "KERAS_BACKEND", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"}}
         home = tempfile.mkdtemp(prefix="bn-zygote-")
-        self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.jail", str(theirs.fileno())],
+        self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.jail", str(theirs.fileno()), *frameworks],
                                      pass_fds=(theirs.fileno(),), cwd=home,
                                      env=env | {"HOME": home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
                                      stdin=subprocess.DEVNULL)
@@ -496,13 +512,14 @@ class Zygote:
         self.buf = b""
 
     @classmethod
-    def get(cls) -> "Zygote":
-        if cls._instance is None or cls._instance.proc.poll() is not None:
-            cls._instance = cls()
+    def get(cls, frameworks: tuple[str, ...] = ()) -> "Zygote":
+        zygote = cls._instances.get(frameworks)
+        if zygote is None or zygote.proc.poll() is not None:
+            zygote = cls._instances[frameworks] = cls(frameworks)
             import atexit
 
-            atexit.register(cls._instance.close)
-        return cls._instance
+            atexit.register(zygote.close)
+        return zygote
 
     def spawn(self, request: dict) -> ForkedKernel:
         """Have the zygote fork a jailed kernel for ``request``; raises OSError if the zygote is gone."""
@@ -523,15 +540,15 @@ class Zygote:
         return ForkedKernel(reply["pid"], fds[0] if fds else None, request["namespaced"])
 
     @classmethod
-    def spawn_kernel(cls, request: dict) -> ForkedKernel:
-        """:meth:`spawn` in this process's zygote; if that zygote died, in a fresh one."""
+    def spawn_kernel(cls, request: dict, frameworks: tuple[str, ...] = ()) -> ForkedKernel:
+        """:meth:`spawn` in this process's zygote for ``frameworks``; if that zygote died, in a fresh one."""
         try:
-            return cls.get().spawn(request)
+            return cls.get(frameworks).spawn(request)
         except OSError:
-            if cls._instance is not None:
-                cls._instance.close()
-                cls._instance = None
-            return cls.get().spawn(request)
+            dead = cls._instances.pop(frameworks, None)
+            if dead is not None:
+                dead.close()
+            return cls.get(frameworks).spawn(request)
 
     def close(self) -> None:
         """End the zygote (it exits when its channel closes); the kernels it forked are not touched."""
@@ -617,4 +634,4 @@ def __getattr__(name):  # classes built on first use: their imports are slow
 
 
 if __name__ == "__main__":
-    zygote(int(sys.argv[1]))
+    zygote(int(sys.argv[1]), sys.argv[2:])

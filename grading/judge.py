@@ -195,9 +195,11 @@ def autograde(api, assignment: str, student: str) -> dict:
     root = Path(api.coursedir.root)
     sandboxes = Path(tempfile.mkdtemp(prefix="bn-sub-"))
     os.chmod(sandboxes, 0o755)
-    saved = {k: os.environ.get(k) for k in (jail.JAIL_ENV, jail.HIDE_ENV)}
+    saved = {k: os.environ.get(k) for k in (jail.JAIL_ENV, jail.HIDE_ENV, jail.PRELOAD_ENV)}
     os.environ[jail.JAIL_ENV] = str(sandboxes)
     os.environ[jail.HIDE_ENV] = str(root)
+    # the kernel comes with the frameworks the assignment uses already imported (a zygote that has them)
+    os.environ[jail.PRELOAD_ENV] = ",".join(jail.frameworks_of(root / "solutions" / assignment / f"{assignment}.ipynb"))
     try:
         result = api.autograde(assignment, student)
         if result.get("success"):

@@ -33,6 +33,7 @@ report = {
     "path": sys.path, "project_visible": os.path.exists(%(project)r),
     "grading_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "grading"),
     "numpy_random": np.random.rand(3).tolist(), "random": random.random(),
+    "frameworks": sorted(m for m in ("tensorflow", "keras", "torch") if m in sys.modules),
 }
 print("REPORT" + json.dumps(report))
 """
@@ -167,3 +168,18 @@ def test_the_jail_refuses_a_kernel_it_cannot_jail(tmp_path):
 
     with pytest.raises(RuntimeError, match="IPython kernel only"):
         asyncio.run(go())
+
+
+def test_only_assignments_that_import_a_framework_get_it_preloaded(tmp_path, monkeypatch):
+    from grading import course as C
+
+    found = {a: jail.frameworks_of(C.PROJECT / "solutions" / a / f"{a}.ipynb") for a in C.assignments()}
+    assert found == {"ch01-scaling": (), "ch02-forward": (), "ch03-backward": (), "ch04-running-stats": (),
+                     "ch05-keras": ("keras",), "ch06-pytorch": ("keras", "torch")}, found
+    monkeypatch.delenv(jail.PRELOAD_ENV, raising=False)
+    plain, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
+    assert plain["frameworks"] == [], f"a numpy-only kernel came with {plain['frameworks']} imported"
+    monkeypatch.setenv(jail.PRELOAD_ENV, "torch")
+    preloaded, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
+    assert preloaded["frameworks"] == ["torch"], f"expected torch already imported; received {preloaded['frameworks']}"
+    check_common(preloaded, tmp_path)
