@@ -7,15 +7,19 @@ A synthetic class (right answers, blanks and the catalog's typical mistakes,
 mixed; see ``grading.samples``) is graded
 
 (a) by plain sequential nbgrader: ``NbGraderAPI.autograde`` per submission,
-    nothing else (the project's configuration, so the kernel is the one
-    grading uses);
+    nothing else, with nbgrader's own kernel manager and preprocessors (the
+    course's configuration without its jail: what ``nbgrader autograde``
+    does out of the box);
+(a') the same with the course's whole configuration: every kernel jailed,
+    forked by the zygote (``grading.jail``), still one at a time;
 (b) by the instructor's command, ``python -m grading --jobs J`` (autograde,
     judge, feedback, journal, grades.csv and report);
 (c) by executing each filled notebook once with nbclient (``NotebookClient``,
     a plain kernel, no grading): the floor any grader pays per notebook.
 
-It prints seconds per notebook, throughput, (b)'s speed-up over (a), the
-per-notebook overhead of (a) and (b) over (c), and what a class of 300
+It prints seconds per notebook, throughput, (b)'s speed-up over (a) (the
+target: 1.8x with 2 cores), the per-notebook cost of (b) over (c) (the
+target: at most 1.5x), and what a class of 300
 students x 6 assignments would take at (b)'s measured throughput. It also
 reports which heavy frameworks each assignment's kernel had imported after
 running the notebook (TensorFlow, Keras, PyTorch): a numpy-only assignment
@@ -70,10 +74,21 @@ def make_class(dest: Path, students: int, assignments: list[str]) -> list[tuple[
     return out
 
 
-def run_sequential_nbgrader(course: Path, src: Path, work) -> float:
-    """(a): place every notebook, generate the assignments, then time NbGraderAPI.autograde one by one."""
+def stock_api(course: Path):
+    """nbgrader's API for ``course`` with nbgrader's own kernel manager and autograde preprocessors."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader(C.CONFIG_NAME, path=str(course)).load_config()
+    config.Execute.pop("kernel_manager_class")
+    config.Autograde.pop("autograde_preprocessors")
+    return NbGraderAPI(config=config)
+
+
+def run_sequential_nbgrader(course: Path, src: Path, work, stock: bool) -> float:
+    """(a) or (a'): place every notebook, generate the assignments, then time NbGraderAPI.autograde one by one."""
     C.make_course(course)
-    api = C.api(course)
+    api = stock_api(course) if stock else C.api(course)
     C.generate(api, sorted({a for a, _, _ in work}))
     for a, s, _ in work:
         dest = course / "submitted" / s / a
@@ -153,8 +168,10 @@ def main(argv=None) -> int:
         print(f"class: {args.students} students x {len(names)} assignments = {n} notebooks "
               f"({kinds['right']} right, {kinds['blank']} blank, {n - kinds['right'] - kinds['blank']} with a typical mistake); "
               f"{os.cpu_count()} CPUs")
-        print("(a) sequential nbgrader autograde ...", flush=True)
-        t_a = run_sequential_nbgrader(base / "course-a", src, work)
+        print("(a) plain sequential nbgrader autograde ...", flush=True)
+        t_a = run_sequential_nbgrader(base / "course-a", src, work, stock=True)
+        print("(a') sequential nbgrader autograde, jailed kernels ...", flush=True)
+        t_aj = run_sequential_nbgrader(base / "course-aj", src, work, stock=False)
         print(f"(b) python -m grading --jobs {args.jobs} ...", flush=True)
         t_b = run_command(base / "course-b", src, args.jobs)
         print("(c) nbclient, each notebook once ...", flush=True)
@@ -164,12 +181,15 @@ def main(argv=None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(f"{'run':<44}{'s/notebook':>12}{'notebooks/min':>15}")
-    for label, t in (("(a) sequential nbgrader autograde", t_a), (f"(b) python -m grading --jobs {args.jobs}", t_b),
-                     ("(c) plain nbclient execution", t_c)):
+    for label, t in (("(a) plain sequential nbgrader autograde", t_a), ("(a') the same, jailed kernels (zygote)", t_aj),
+                     (f"(b) python -m grading --jobs {args.jobs}", t_b), ("(c) plain nbclient execution", t_c)):
         print(f"{label:<44}{t / n:>12.2f}{60 * n / t:>15.1f}")
     speedup = t_a / t_b
     print(f"\nthroughput of (b) / (a): {speedup:.2f}x   (target >= 1.8x with 2 cores)")
+    print(f"throughput of (b) / (a'): {t_aj / t_b:.2f}x   (parallel grading against the same jailed kernels one at a time;"
+          f" (b) also judges, writes feedback and the report)")
     print(f"per-notebook time, (a) / (c): {t_a / t_c:.2f}x   (nbgrader's own overhead over executing the notebook)")
+    print(f"per-notebook time, (a') / (c): {t_aj / t_c:.2f}x")
     per_b = t_b * min(args.jobs, os.cpu_count() or 1) / n  # process-seconds each notebook cost in (b)
     print(f"per-notebook cost, (b) x jobs / (c): {per_b / (t_c / n):.2f}x   (target <= 1.5x; (b) adds judge, feedback and report)")
     print(f"wall per notebook, (b) / (c): {(t_b / n) / (t_c / n):.2f}x")
