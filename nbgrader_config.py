@@ -39,11 +39,12 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
 
-# Feedback for learners: grades and messages, never the hidden tests
-# (rendered by nbconvert's HTML exporter, its templates compiled once a process).
+# Feedback for learners: grades and messages, never the hidden tests, nothing
+# loaded from the network (math as MathML); see grading/feedback.py.
 c.GenerateFeedback.exporter_class = "grading.feedback.FeedbackExporter"
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
     "grading.feedback.HideHiddenTests",
+    "grading.feedback.OfflineMath",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]

@@ -8,6 +8,7 @@ the feedback, then runs the command again and expects the same grades.
 from __future__ import annotations
 
 import csv
+import re
 import zipfile
 
 import nbformat
@@ -121,3 +122,30 @@ def test_feedback_templates_are_compiled_once_per_process(monkeypatch):
     assert once > 0, "the first page parsed no template: this test no longer sees the rendering"
     assert len(parsed) == once, f"the second page parsed templates again: {parsed[once:]}"
     assert first == second and '<span class="mi">1</span>' in second
+
+
+EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def test_feedback_pages_load_nothing_from_the_network(graded):
+    """A learner reads feedback offline: no script, style sheet, font or image from another host (MathJax was one)."""
+    course, _, _ = graded
+    pages = sorted((course / "feedback").rglob("*.html"))
+    assert pages, "no feedback written"
+    for page in pages:
+        text = page.read_text()
+        found = [text[m.start():m.start() + 80] for m in EXTERNAL.finditer(text)]
+        assert not found, f"{page.relative_to(course)} loads from the network: {found[:3]}"
+    with_math = [p for p in pages if SECOND in p.parts]
+    assert with_math, f"no feedback page of {SECOND}, whose text has math"
+    for page in with_math:
+        assert "<math" in page.read_text(), f"{page.relative_to(course)}: expected its math as MathML"
+
+
+def test_math_becomes_mathml_outside_code_only():
+    from grading.feedback import math_to_mathml
+
+    out = math_to_mathml("With $\\hat x = (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon}$, and `$x$` in code, for \\$5:\n\n$$y = \\gamma \\hat x$$")
+    assert out.count("<math") == 2 and 'display="block"' in out and 'display="inline"' in out, out
+    assert "`$x$`" in out and "\\$5" in out, out
+    assert "\\sqrt" not in out and "$$" not in out, out
