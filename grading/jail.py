@@ -216,6 +216,16 @@ def frameworks_of(source_notebook: Path) -> tuple[str, ...]:
     code = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
     found = set(_IMPORT.findall(code))
     return tuple(f for f in FRAMEWORKS if f in found)
+
+
+def preload_for(source_notebook: Path) -> tuple[str, ...]:
+    """:func:`frameworks_of`, or none where the instructor set ``BNCOURSE_PRELOAD_FRAMEWORKS=0``
+    (then each kernel imports its own frameworks, should one ever misbehave after a fork)."""
+    if os.environ.get("BNCOURSE_PRELOAD_FRAMEWORKS", "1") == "0":
+        return ()
+    return frameworks_of(source_notebook)
+
+
 _libc = None
 
 

@@ -199,7 +199,7 @@ def autograde(api, assignment: str, student: str) -> dict:
     os.environ[jail.JAIL_ENV] = str(sandboxes)
     os.environ[jail.HIDE_ENV] = str(root)
     # the kernel comes with the frameworks the assignment uses already imported (a zygote that has them)
-    os.environ[jail.PRELOAD_ENV] = ",".join(jail.frameworks_of(root / "solutions" / assignment / f"{assignment}.ipynb"))
+    os.environ[jail.PRELOAD_ENV] = ",".join(jail.preload_for(root / "solutions" / assignment / f"{assignment}.ipynb"))
     try:
         result = api.autograde(assignment, student)
         if result.get("success"):

@@ -176,6 +176,10 @@ def test_only_assignments_that_import_a_framework_get_it_preloaded(tmp_path, mon
     found = {a: jail.frameworks_of(C.PROJECT / "solutions" / a / f"{a}.ipynb") for a in C.assignments()}
     assert found == {"ch01-scaling": (), "ch02-forward": (), "ch03-backward": (), "ch04-running-stats": (),
                      "ch05-keras": ("keras",), "ch06-pytorch": ("keras", "torch")}, found
+    ch06 = C.PROJECT / "solutions" / "ch06-pytorch" / "ch06-pytorch.ipynb"
+    assert jail.preload_for(ch06) == ("keras", "torch")
+    monkeypatch.setenv("BNCOURSE_PRELOAD_FRAMEWORKS", "0")
+    assert jail.preload_for(ch06) == (), "the instructor's switch did not turn preloading off"
     monkeypatch.delenv(jail.PRELOAD_ENV, raising=False)
     plain, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
     assert plain["frameworks"] == [], f"a numpy-only kernel came with {plain['frameworks']} imported"
