@@ -202,7 +202,8 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
     marker files remain in ``.inflight/``) are then graded alone, one pool
     each: one that breaks its own pool too gets a failure record; the others
     go to a fresh pool. So a submission that kills the grader costs no one
-    else their grade.
+    else their grade. Workers that die before grading anything (no marker:
+    the environment is broken) fail what is left at once, with one message.
     """
     grade = grade or grade_one
     results = {}
@@ -222,8 +223,11 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
     while todo:
         unfinished = _pool_run(course_root, todo, jobs, grade, finish)
         suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
-        if unfinished and not suspects:  # a worker died outside any submission: treat them all as suspects
-            suspects = unfinished
+        if unfinished and not suspects:  # the workers die before grading anything: nothing to retry alone
+            for a, s, _ in unfinished:
+                finish({"assignment": a, "student": s, "sha256": "", "status": "autograde-failed", "pid": None,
+                        "message": "autograding failed: the grading processes died before grading it (see the errors above)"})
+            break
         for a, s, text in suspects:
             _inflight(course_root, a, s).unlink(missing_ok=True)
             if _pool_run(course_root, [(a, s, text)], 1, grade, finish):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -284,3 +285,17 @@ def test_a_worker_that_dies_costs_only_the_submission_it_was_grading(hand_ins, t
     tests = {gid: v for gid, v in C.scores(api, a, "ada").items() if gid.startswith("test-")}
     assert tests and all(score == top for score, top in tests.values()), f"the right answer lost points: {tests}"
     assert not (course / G.INFLIGHT).exists()
+
+
+def die_unmarked(course_root, assignment, student, notebook):
+    """A worker that dies outside any submission (its marker gone), as one whose environment is broken would."""
+    shutil.rmtree(Path(course_root) / G.INFLIGHT, ignore_errors=True)
+    os._exit(3)
+
+
+def test_workers_that_die_outside_any_submission_fail_the_rest_at_once(tmp_path):
+    work = [("ch01-scaling", f"s{i}", "{}") for i in range(6)]
+    results = G.grade_all(tmp_path, work, jobs=2, grade=die_unmarked)
+    assert sorted(results) == sorted((a, s) for a, s, _ in work)
+    messages = {r["message"] for r in results.values()}
+    assert messages == {"autograding failed: the grading processes died before grading it (see the errors above)"}, messages
