@@ -8,7 +8,7 @@ what it cheats on, full marks for the rest, a clear line in the report, and
 no effect on the honest student or the gradebook.
 
 The isolation checks (files, network, the reference implementation) need the
-jail's namespaces: root and util-linux ``unshare`` (``grading.jail.isolation``).
+jail's namespaces: root, and a system that allows them (``grading.jail.isolation``).
 """
 
 from __future__ import annotations
