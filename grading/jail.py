@@ -205,6 +205,9 @@ PR_SET_PDEATHSIG = 1
 PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp")  # what every graded kernel imports
 FRAMEWORKS = ("tensorflow", "keras", "torch")  # preloaded too where the assignment imports them (seconds each)
 PRELOAD_ENV = "BNCOURSE_JAIL_PRELOAD"  # the frameworks to preload for this submission's kernels (comma-separated)
+# the grader's settings that the zygote and the kernels keep (how the frameworks start and log)
+PASSED_ON = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
+             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 _IMPORT = re.compile(r"^\s*(?:import|from)\s+(tensorflow|keras|torch)\b", re.MULTILINE)
 
 
@@ -231,14 +234,12 @@ _libc = None
 
 def _sys(name: str, *args) -> None:
     """Call a libc function; raise OSError on failure."""
+    import ctypes
+
     global _libc
     if _libc is None:
-        import ctypes
-
         _libc = ctypes.CDLL(None, use_errno=True)
     if getattr(_libc, name)(*args) != 0:
-        import ctypes
-
         err = ctypes.get_errno()
         raise OSError(err, f"{name}{args}: {os.strerror(err)}")
 
@@ -286,11 +287,7 @@ def kernel_env(sandbox: Path) -> dict[str, str]:
         "MPLBACKEND": "Agg",
         "LANG": "C.UTF-8",
     }
-    for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
-                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
+    return env | {name: os.environ[name] for name in PASSED_ON if name in os.environ}
 
 
 def _keep(kernel: int) -> None:
@@ -509,8 +506,7 @@ class Zygote:
 
         mine, theirs = socket.socketpair()
         self.chan = mine
-        env = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
-                                                             "KERAS_BACKEND", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"}}
+        env = {k: os.environ[k] for k in ("PATH", "LANG", *PASSED_ON) if k in os.environ}
         home = tempfile.mkdtemp(prefix="bn-zygote-")
         self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.jail", str(theirs.fileno()), *frameworks],
                                      pass_fds=(theirs.fileno(),), cwd=home,

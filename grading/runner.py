@@ -158,10 +158,10 @@ def _grade_marked(grade, course_root: Path, assignment: str, student: str, noteb
         marker.unlink(missing_ok=True)
 
 
-def _crashed(assignment: str, student: str) -> dict:
+def _failed(assignment: str, student: str, why: str) -> dict:
+    """The record of a submission whose grading process failed (no notebook was graded)."""
     return {"assignment": assignment, "student": student, "sha256": "", "status": "autograde-failed", "pid": None,
-            "message": "autograding failed: the grading process crashed on this submission (twice, the second time "
-                       "grading it alone); the rest of the class was graded without it"}
+            "message": f"autograding failed: {why}"}
 
 
 def _pool_run(course_root: Path, items: list, jobs: int, grade, finish) -> list:
@@ -182,8 +182,7 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish) -> list:
                     unfinished.append(item)
                     continue
                 except Exception as e:  # noqa: BLE001 - grading this one raised: report it, go on
-                    record = {"assignment": item[0], "student": item[1], "sha256": "", "status": "autograde-failed", "pid": None,
-                              "message": f"autograding failed: the grading process raised {type(e).__name__}: {e}"}
+                    record = _failed(item[0], item[1], f"the grading process raised {type(e).__name__}: {e}")
                 finish(record)
     return unfinished
 
@@ -225,14 +224,14 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
         suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
         if unfinished and not suspects:  # the workers die before grading anything: nothing to retry alone
             for a, s, _ in unfinished:
-                finish({"assignment": a, "student": s, "sha256": "", "status": "autograde-failed", "pid": None,
-                        "message": "autograding failed: the grading processes died before grading it (see the errors above)"})
+                finish(_failed(a, s, "the grading processes died before grading it (see the errors above)"))
             break
         for a, s, text in suspects:
             _inflight(course_root, a, s).unlink(missing_ok=True)
             if _pool_run(course_root, [(a, s, text)], 1, grade, finish):
                 _inflight(course_root, a, s).unlink(missing_ok=True)
-                finish(_crashed(a, s))
+                finish(_failed(a, s, "the grading process crashed on this submission (twice, the second time "
+                                      "grading it alone); the rest of the class was graded without it"))
         todo = [item for item in unfinished if item not in suspects]
     shutil.rmtree(inflight, ignore_errors=True)
     return results

@@ -39,8 +39,8 @@ print("REPORT" + json.dumps(report))
 """
 
 
-async def _run(code: str, sandboxes: Path) -> tuple[dict, object]:
-    """Start a jailed kernel, run ``code``, return (the JSON it printed after REPORT, its ForkedKernel), shut it down."""
+async def _session(code: str, sandboxes: Path, now: bool = False) -> tuple[str, object]:
+    """Start a jailed kernel, run ``code``, shut the kernel down (``now``: killed); return (its output, its ForkedKernel)."""
     km = jail.JailedKernelManager(kernel_name="python3")
     os.environ[jail.JAIL_ENV] = str(sandboxes)
     os.environ[CANARY] = "the instructor's token"
@@ -53,11 +53,16 @@ async def _run(code: str, sandboxes: Path) -> tuple[dict, object]:
         out = []
         await kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
         kc.stop_channels()
-        await km.shutdown_kernel()
+        await km.shutdown_kernel(now=now)
     finally:
         os.environ.pop(jail.JAIL_ENV, None)
         os.environ.pop(CANARY, None)
-    text = "".join(out)
+    return "".join(out), proc
+
+
+async def _run(code: str, sandboxes: Path) -> tuple[dict, object]:
+    """Run ``code`` in a jailed kernel; return (the JSON it printed after REPORT, its ForkedKernel)."""
+    text, proc = await _session(code, sandboxes)
     assert "REPORT" in text, f"the kernel printed no report; its output: {text!r}"
     return json.loads(text.split("REPORT", 1)[1]), proc
 
@@ -119,28 +124,13 @@ def test_kernels_forked_from_one_zygote_get_fresh_random_seeds(tmp_path):
 
 def test_a_killed_kernel_takes_its_children_with_it(tmp_path):
     """SIGKILL as jupyter_client sends it on a forced shutdown: nothing the kernel started may survive."""
-    async def go():
-        km = jail.JailedKernelManager(kernel_name="python3")
-        os.environ[jail.JAIL_ENV] = str(tmp_path)
-        try:
-            await km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            await kc.wait_for_ready(timeout=60)
-            out = []
-            # a grandchild that ignores SIGTERM and sleeps: it must still die with the kernel
-            code = ("import subprocess, sys\n"
-                    "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
-                    "print('CHILD', p.pid)\n")
-            await kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
-            kc.stop_channels()
-            keeper = km.provisioner.process.pid
-            await km.shutdown_kernel(now=True)
-            return keeper
-        finally:
-            os.environ.pop(jail.JAIL_ENV, None)
-
-    keeper = asyncio.run(go())
+    # a grandchild that ignores SIGTERM and sleeps: it must still die with the kernel
+    code = ("import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+            "print('CHILD', p.pid)\n")
+    text, proc = asyncio.run(_session(code, tmp_path, now=True))
+    assert "CHILD" in text, f"the kernel did not start its child: {text!r}"
+    keeper = proc.pid
     assert gone(keeper), f"the jail (pid {keeper}) survived a forced shutdown"
     sleepers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and b"time.sleep(600)" in _cmdline(p)]
     for p in sleepers:
