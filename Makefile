@@ -18,7 +18,7 @@ export KERAS_BACKEND := tensorflow
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: book book-timing browser test bench grade grade-sample release env lock clean
+.PHONY: book book-timing browser lint test test-fast bench grade grade-sample release env lock clean
 
 # Warnings and broken references are errors. Executed notebook outputs are
 # cached in _build/.jupyter_cache: an unchanged page is not run again.
@@ -43,6 +43,11 @@ browser:
 	  echo "browser: chromium is missing and cannot be installed here (needs root and apt-get);"; \
 	  echo "         the page tests will skip (under CI they fail)"; \
 	fi
+
+# Lint with ruff (configured in pyproject.toml; CI runs this before the tests).
+# Only `ruff check`: the code is not in ruff-format style, and is not reformatted.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The tests include the built site: build it first (from scratch on a fresh
 # clone, from the execution cache afterwards).
