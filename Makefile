@@ -54,6 +54,12 @@ lint: $(STAMP)
 test: book browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The quick loop while editing: bnlib and framework tests on two workers, without
+# the end-to-end grading (real nbgrader and kernels) and the browser page tests
+# (markers set in tests/conftest.py), and without the notebooks in solutions/.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -n 2 -m "not grading and not site" $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batchnorm.py
 

@@ -22,6 +22,20 @@ settings.register_profile(
 )
 settings.load_profile("course")
 
+# Markers by file, so the slow end-to-end tests can be left out (`make test-fast`
+# runs -m "not grading and not site"): `grading` for the tests that run the real
+# nbgrader and kernels, `site` for the page tests in a browser.
+GRADING_FILES = {"test_exercises.py", "test_adversarial.py", "test_jail.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in GRADING_FILES or name.startswith("test_grading_"):
+            item.add_marker(pytest.mark.grading)
+        elif name == "test_site.py":
+            item.add_marker(pytest.mark.site)
+
 
 @pytest.fixture
 def rng():
