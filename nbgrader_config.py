@@ -2,6 +2,7 @@
 
 Paths are relative to this file, so the course works from any checkout.
 """
+import os
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
@@ -18,22 +19,24 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # Student versions carry no outputs; grading runs each notebook in a fresh
 # kernel, jailed (grading/jail.py): its own sandbox, no instructor files, no
-# network, resource limits, and only the checkers' probes (grading/judge.py
-# judges their records in the grader's process).
-import os  # noqa: E402
-
+# network, resource limits, and only bncheck's probes. The grader calls each
+# test's checks itself and judges them in its own process (grading/execute.py).
 c.ExecutePreprocessor.timeout = int(os.environ.get("BNCOURSE_CELL_TIMEOUT", "120"))
 c.ExecutePreprocessor.interrupt_on_timeout = True
-c.Execute.kernel_manager_class = "grading.jail.JailedKernelManager"
+c.GradedExecute.timeout = c.ExecutePreprocessor.timeout
+c.GradedExecute.kernel_manager_class = "grading.jail.JailedKernelManager"
 # A deleted test or answer cell is put back from the gradebook (its locked
 # source), so deleting a test cannot leave the notebook "needs manual grade".
 c.OverwriteCells.add_missing_cells = True
-# nbgrader's pipeline, with an executor that survives a cell killing the kernel.
+# nbgrader's pipeline, with the grader's executor (checks called and judged by
+# the grader; a cell that kills the kernel costs only that cell) and every
+# output bounded after the judge has written.
 c.Autograde.autograde_preprocessors = [
-    "grading.jail.ResilientExecute",
+    "grading.execute.GradedExecute",
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
+    "grading.execute.BoundOutputs",
     "nbgrader.preprocessors.SaveAutoGrades",
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",

@@ -34,9 +34,35 @@ def make_course(dest: Path, *, with_solutions: bool = True) -> Path:
     return dest
 
 
-def api(root: Path) -> NbGraderAPI:
-    """nbgrader's API for the course at ``root``, configured by its ``nbgrader_config.py``."""
+DB_TIMEOUT_S = 120
+
+
+def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
+    """``db_url`` with a sqlite busy timeout of ``timeout`` seconds (other databases unchanged).
+
+    Parallel workers share one sqlite gradebook; sqlite's default busy
+    timeout in Python is 5 s, after which a writer fails with "database is
+    locked". SQLAlchemy's pysqlite dialect passes ``?timeout=`` to
+    ``sqlite3.connect``, so a writer waits its turn instead.
+    """
+    if not db_url.startswith("sqlite") or "timeout=" in db_url:
+        return db_url
+    return f"{db_url}{'&' if '?' in db_url else '?'}timeout={timeout:g}"
+
+
+def api(root: Path, **execute) -> NbGraderAPI:
+    """nbgrader's API for the course at ``root``, configured by its ``nbgrader_config.py``
+    (the gradebook opened with a long busy timeout); ``execute`` sets traits of
+    :class:`grading.execute.GradedExecute` for this API's runs (``sandbox_root``, ``preload``).
+
+    The one place the course's nbgrader API is built.
+    """
+    root = Path(root)
     config = PyFileConfigLoader(CONFIG_NAME, path=str(root)).load_config()
+    config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url)
+    config.GradedExecute.course_root = str(root.resolve())
+    for name, value in execute.items():
+        setattr(config.GradedExecute, name, value)
     return NbGraderAPI(config=config)
 
 

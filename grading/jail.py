@@ -23,10 +23,11 @@ namespaces, the kernel gets:
   inside the kernel instead of harming the grader;
 - a clean environment and import path, and fresh random seeds.
 
-The kernel imports a *shim* ``bnlib`` from its sandbox holding only the
-checkers' probe half (:mod:`bnlib.checkers`, :mod:`bnlib.framework_checkers`),
-with ``BNLIB_CHECK_RECORD`` set: the probe records results for
-:mod:`grading.judge` and the reference implementation is nowhere to be found.
+The kernel imports ``bncheck`` from its sandbox, holding only the probes
+(:mod:`bncheck.probes`, :mod:`bncheck.framework_probes` and the registry's
+table): the grader calls them (:mod:`grading.execute`) and judges their
+arrays in its own process; the judges and the reference implementation are
+nowhere to be found.
 
 Without root or namespaces the launcher still applies the resource limits,
 the sandbox, the clean environment and the shim, and :func:`isolation` says
@@ -47,8 +48,6 @@ import uuid
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-JAIL_ENV = "BNCOURSE_JAIL_DIR"   # where the grader wants this submission's sandboxes
-HIDE_ENV = "BNCOURSE_JAIL_HIDE"  # extra folders to hide (os.pathsep-separated), e.g. the course
 # Each kernel runs as its own unprivileged user id (no /etc/passwd entry
 # needed), so per-user limits such as the process count are per kernel: one
 # student's fork bomb cannot starve another's kernel of processes.
@@ -67,8 +66,7 @@ LIMITS = {
     "RLIMIT_NOFILE": 1024,
     "RLIMIT_CORE": 0,
 }
-SHIM_MODULES = ("checkers.py", "framework_checkers.py")
-SHIM_INIT = '"""bnlib during grading: the checkers\' probes only (see grading.jail)."""\n'
+SHIM_MODULES = ("__init__.py", "probes.py", "framework_probes.py", "registry.py")  # of bncheck: no judge
 
 
 NAMESPACE_PROBE = (
@@ -115,11 +113,10 @@ def kept_paths(sandbox: Path) -> list[Path]:
 
 
 def make_shim(lib: Path) -> None:
-    """A ``bnlib`` package with the checkers' probe modules only."""
-    pkg = lib / "bnlib"
+    """A ``bncheck`` package with the probe modules only (no judge, no ``bnlib``)."""
+    pkg = lib / "bncheck"
     pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / "__init__.py").write_text(SHIM_INIT)
-    src = PROJECT / "bnlib"
+    src = PROJECT / "bncheck"
     for name in SHIM_MODULES:
         shutil.copy2(src / name, pkg / name)
 
@@ -131,6 +128,7 @@ def _jailed_kernel_manager_class():
 
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_client.provisioning import LocalProvisioner
+    from traitlets import List, Unicode
 
     class JailProvisioner(LocalProvisioner):
         """Starts the kernel as a jailed child of this process's zygote (see the launcher below)."""
@@ -139,11 +137,11 @@ def _jailed_kernel_manager_class():
             if cmd[1:3] != ["-m", "ipykernel_launcher"] or Path(cmd[0]).resolve() != Path(sys.executable).resolve():
                 raise RuntimeError("the grading jail starts this Python's IPython kernel only: expected "
                                    f"[{sys.executable!r}, '-m', 'ipykernel_launcher', ...]; received {cmd}")
-            sandbox = self.parent.sandbox
+            km = self.parent
+            sandbox = km.sandbox
             request = {"sandbox": str(sandbox), "argv": cmd[3:], "env": kernel_env(sandbox),
-                       "hide": [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p],
-                       "namespaced": isolation() == "full"}
-            frameworks = tuple(f for f in FRAMEWORKS if f in os.environ.get(PRELOAD_ENV, "").split(","))
+                       "hide": list(km.hide), "namespaced": isolation() == "full"}
+            frameworks = tuple(f for f in FRAMEWORKS if f in km.preload)
             self.process = Zygote.spawn_kernel(request, frameworks)
             self.pid, self.pgid, self.cwd = self.process.pid, None, str(sandbox)
             return self.connection_info
@@ -158,14 +156,22 @@ def _jailed_kernel_manager_class():
             return ret
 
     class JailedKernelManager(AsyncKernelManager):
-        """A kernel manager that starts every kernel jailed, in a fresh sandbox."""
+        """A kernel manager that starts every kernel jailed, in a fresh sandbox.
 
+        Its settings come from the grader (``GradedExecute`` passes its own on):
+        where the sandboxes go, what else to hide, which frameworks the zygote
+        imports before forking.
+        """
+
+        sandbox_root = Unicode("", help="Folder for the sandboxes (a temporary folder when empty)").tag(config=True)
+        hide = List(Unicode(), help="Folders to hide besides the defaults (the course folder)").tag(config=True)
+        preload = List(Unicode(), help="Frameworks the zygote imports before forking").tag(config=True)
         sandbox: Path | None = None
 
         async def _async_pre_start_kernel(self, **kw):
-            parent = Path(os.environ.get(JAIL_ENV) or tempfile.mkdtemp(prefix="bn-jail-"))
+            parent = Path(self.sandbox_root or tempfile.mkdtemp(prefix="bn-jail-"))
             self.sandbox = parent / f"kernel-{uuid.uuid4().hex[:8]}"
-            (self.sandbox / "records").mkdir(parents=True)
+            self.sandbox.mkdir(parents=True)
             make_shim(self.sandbox / "lib")
             self.transport = "ipc"
             self.ip = str(self.sandbox / "ipc")
@@ -204,7 +210,6 @@ MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 PR_SET_PDEATHSIG = 1
 PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp")  # what every graded kernel imports
 FRAMEWORKS = ("tensorflow", "keras", "torch")  # preloaded too where the assignment imports them (seconds each)
-PRELOAD_ENV = "BNCOURSE_JAIL_PRELOAD"  # the frameworks to preload for this submission's kernels (comma-separated)
 # the grader's settings that the zygote and the kernels keep (how the frameworks start and log)
 PASSED_ON = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -279,7 +284,6 @@ def kernel_env(sandbox: Path) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(sandbox),
         "PYTHONPATH": str(sandbox / "lib"),
-        "BNLIB_CHECK_RECORD": str(sandbox / "records"),
         "MPLCONFIGDIR": str(sandbox / "matplotlib"),
         "IPYTHONDIR": str(sandbox / "ipython"),
         "JUPYTER_RUNTIME_DIR": str(sandbox),
@@ -568,67 +572,7 @@ class Zygote:
 
 
 
-# ------------------------------------------------- surviving a dead kernel --
-def _resilient_execute_class():
-    """nbgrader's Execute, but a kernel that dies costs only the cell that killed it."""
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from nbclient.util import run_sync
-    from nbformat import NotebookNode
-    from nbgrader.preprocessors import Execute
-
-    class ResilientExecute(Execute):
-        """When a cell kills the kernel (``os._exit``, ``exit()``, a signal, a crash)
-        or runs past the time limit (an endless loop, a fork bomb), record an error
-        in that cell, start a fresh kernel, re-run the cells before it (their
-        outputs kept as they were) and go on with the next cell, so the rest of
-        the notebook is graded normally. At most :attr:`max_deaths` times."""
-
-        max_deaths = 3
-
-        async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
-            try:
-                cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
-            except (DeadKernelError, CellTimeoutError) as e:
-                died = isinstance(e, DeadKernelError)
-            else:
-                # an interrupted cell may leave the kernel busy (threads, forked
-                # children): never trust it for the next cells
-                if not any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
-                    return cell
-                died = False
-            self._deaths = getattr(self, "_deaths", 0) + 1
-            what = ("the kernel died while running this cell (os._exit, exit(), a signal, a crash or too much memory)"
-                    if died else "this cell ran past the time limit")
-            error = NotebookNode(output_type="error", ename="KernelDied" if died else "CellTimeoutError",
-                                 evalue=f"{what}; the grader restarted the kernel for the next cells",
-                                 traceback=[f"{'KernelDied' if died else 'CellTimeoutError'}: {what}"])
-            cell.outputs = [o for o in cell.get("outputs", []) if o.get("ename") != "CellTimeoutError"] + [error]
-            if self._deaths > self.max_deaths:
-                raise DeadKernelError(f"the kernel was restarted {self.max_deaths} times; giving up")
-            self.log.warning("cell %d: %s; restarting the kernel and replaying the cells before", cell_index, what)
-            await self._revive(cell_index)
-            return cell
-
-        execute_cell = run_sync(async_execute_cell)
-
-        async def _revive(self, upto: int) -> None:
-            await self._async_cleanup_kernel()
-            self.km = self.create_kernel_manager()
-            await self.async_start_new_kernel()
-            await self.async_start_new_kernel_client()
-            for index, earlier in enumerate(self.nb.cells[:upto]):
-                if earlier.cell_type != "code" or not earlier.source.strip():
-                    continue
-                kept = (earlier.get("outputs", []), earlier.get("execution_count"))
-                try:
-                    await super().async_execute_cell(earlier, index, store_history=False)
-                finally:
-                    earlier.outputs, earlier.execution_count = kept
-
-    return ResilientExecute
-
-
-_LAZY = {"ResilientExecute": _resilient_execute_class, "JailedKernelManager": _jailed_kernel_manager_class}
+_LAZY = {"JailedKernelManager": _jailed_kernel_manager_class}
 
 
 def __getattr__(name):  # classes built on first use: their imports are slow

@@ -1,216 +1,185 @@
-"""Judge the recorded checks of a graded notebook outside its kernel.
+"""Judge a check's arrays in the grader's process; write the verdicts as outputs.
 
-During grading the kernel runs the learner's code and the locked test cells,
-but the checkers only *record* what the learner's functions returned
-(:mod:`bnlib.checkers`, ``BNLIB_CHECK_RECORD``). This module, in the grader's
-own process, decides every score of a test cell that uses them:
+The probe in the kernel returns, for one check the grader called, the
+learner's answer as plain arrays (``bncheck.probes.encode``) or the reason it
+has none (``[mistake, message]``). Everything in that text was written by a
+process the learner's code ran in, so it is read as untrusted: a size cap, a
+strict shape, float64 arrays only, mistake names from the probes' own list.
+:func:`verdict` then judges the arrays with bnlib's reference
+(:func:`bncheck.judges.judge`), here, and returns a :class:`~grading.plan.Verdict`.
 
-1. :func:`expected_checks` lists the checks each test cell makes, by running
-   the cell's source from ``solutions/`` (visible and hidden tests) with the
-   checkers in collect mode: nothing of the submission is involved;
-2. :func:`verdicts` judges, for each test cell, the last record of each of its
-   checks with bnlib's reference (:func:`bnlib._judge.judge`); a check that
-   left no record (the cell was edited, the kernel stopped, the checker was
-   monkeypatched) fails;
-3. :func:`apply` writes the scores into the gradebook and the verdicts into
-   the autograded notebook, which the feedback is made from.
-
-A test cell scores its points only if every one of its checks passed here.
+For a hidden check the learner's feedback gets the mistake's name and a fixed
+sentence, never the message: a message can carry text the learner's code
+chose (an exception's message, a shape it returned, a value it printed into a
+number), and a hidden test's inputs must not travel back that way.
 """
 
 from __future__ import annotations
 
-import builtins
+import base64
+import binascii
 import json
-import re
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import nbformat
 import numpy as np
-from nbgrader.api import Gradebook
+from nbformat import NotebookNode
 
-from bnlib import _judge
-from bnlib import checkers as probe
-from bnlib.checkers import CheckFailed
+from bncheck import judges
+from bncheck.probes import CheckFailed
 
-Key = tuple[str, str, str]
+from .plan import Check, Verdict
 
-
-class _Name(str):
-    """A name the test cell refers to (the learner's function): only its name matters."""
-
-    @property
-    def __name__(self):  # noqa: A003 - mimic a function's __name__
-        return str(self)
-
-
-class _Names(dict):
-    def __missing__(self, name):
-        return _Name(name)
-
-
-_ALLOWED_IMPORTS = {"bnlib", "bnlib.checkers", "bnlib.framework_checkers", "numpy"}
-
-
-def _import(name, globals=None, locals=None, fromlist=(), level=0):
-    """Imports a test cell may make while its checks are listed: the probe, numpy."""
-    if level or name not in _ALLOWED_IMPORTS:
-        raise ImportError(f"{name} is not imported while listing checks")
-    return builtins.__import__(name, globals, locals, fromlist, level)
+MAX_RECORD = 4 << 20  # characters of one check's reply
+MAX_ARRAY = 1 << 20  # values of one recorded array
+MAX_MESSAGE = 2000
+# The mistakes a probe may report from the kernel (anything else there is malformed).
+PROBE_MISTAKES = frozenset({
+    "returned-none", "not-an-array", "wrong-dtype", "wrong-shape", "not-finite", "not-implemented",
+    "modified-input", "wrong-return", "missing-attribute", "layer-already-built", "not-a-batchnorm-layer",
+    "not-a-batchnorm1d", "not-a-linear", "not-an-int", "returned-class", "returned-tensor", "raised", "did-not-run",
+})
+PROBLEMS = {  # why the grader's call gave no record
+    "kernel-died": "the kernel died while this check called your code (os._exit, a crash, too much memory)",
+    "timeout": "your code ran past the time limit during this check",
+    "not-bound": "the check could not run: the kernel died before it, or the test cell never ran",
+    "no-result": "the check returned no result (did your code replace the display hook or the check itself?)",
+}
+HIDDEN_TEXT = ("failed on a hidden test (other shapes and values than the visible test). The name in brackets says "
+               "what went wrong; run your function on other inputs than the visible ones and compare with the chapter.")
 
 
-_BUILTINS = {**builtins.__dict__, "__import__": _import}
+class Malformed(ValueError):
+    """A reply from the kernel that is not what the probe writes."""
 
 
-def _key(kind: str, fn_name: str, params: dict) -> Key:
-    return (kind, fn_name, json.dumps(params, sort_keys=True))
-
-
-def test_cells(nb) -> dict[str, str]:
-    """Source of each autograded test cell, by grade id."""
-    return {
-        c.metadata["nbgrader"]["grade_id"]: c.source
-        for c in nb.cells
-        if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade") and not c.metadata["nbgrader"].get("solution")
-    }
-
-
-def expected_checks(source_notebook: Path) -> dict[str, list[Key]]:
-    """The probe checks each test cell of the source notebook makes, in order.
-
-    Cells that make none (plain asserts, which nbgrader scores itself) are
-    absent. A test cell whose source cannot be run here is a defect of the
-    assignment: it raises rather than leave that cell's points to the kernel.
-    """
-    nb = nbformat.read(source_notebook, as_version=4)
-    expected = {}
-    for gid, source in test_cells(nb).items():
-        calls: list = []
-        probe._COLLECT = calls
-        try:
-            namespace = _Names(print=lambda *a, **k: None)
-            exec(compile(source, f"<test cell {gid}>", "exec"), {"__builtins__": _BUILTINS}, namespace)
-        except Exception as e:
-            raise RuntimeError(f"cannot list the checks of test cell {gid} of {source_notebook}: {e!r}") from e
-        finally:
-            probe._COLLECT = None
-        if calls:
-            expected[gid] = [_key(*c) for c in calls]
-    return expected
-
-
-_ARRAY_FILE = re.compile(r"\d{5}-[A-Za-z0-9_]+\.npy")
-
-
-def read_records(folders) -> dict[Key, dict]:
-    """The last record of each check in ``folders`` (one per kernel, in the
-    order the kernels ran), arrays loaded without pickle."""
-    records: dict[Key, dict] = {}
-    if isinstance(folders, (str, Path)):
-        folders = [folders]
-    metas = [m for folder in map(Path, folders) if folder.is_dir() for m in sorted(folder.glob("*.json"))]
-    for meta in metas:
-        folder = meta.parent
-        try:
-            entry = json.loads(meta.read_text())
-            # the kernel wrote these files: accept plain names in its own folder only
-            if not all(_ARRAY_FILE.fullmatch(f) for f in entry["arrays"].values()):
-                continue
-            results = {name: np.load(folder / fname, allow_pickle=False) for name, fname in entry["arrays"].items()}
-            key = _key(entry["kind"], entry["fn"], entry["params"])
-        except Exception:  # noqa: BLE001 - a damaged record counts as no record
-            continue
-        records[key] = {"results": results, "failure": entry.get("failure")}
-    return records
-
-
-def _judge_one(key: Key, record: dict | None) -> str | None:
-    """None if the check passed, else the message for the learner."""
-    if record is None:
-        return ("[did-not-run] this test's checks did not run to the end "
-                "(an error before them, a kernel that stopped, or a changed test cell)")
-    if record["failure"]:
-        mistake, message = record["failure"]
-        return str(CheckFailed(message, mistake))
-    kind, _, params = key
+def _array(name, entry) -> np.ndarray:
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list) and isinstance(entry[1], str)):
+        raise Malformed(f"array {name!r}: expected [shape, base64 text]")
+    shape = entry[0]
+    if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ARRAY for d in shape):
+        raise Malformed(f"array {name!r}: bad shape")
+    size = math.prod(shape)
+    if size > MAX_ARRAY:
+        raise Malformed(f"array {name!r}: too large")
     try:
-        _judge.judge(kind, json.loads(params), record["results"])
+        raw = base64.b64decode(entry[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise Malformed(f"array {name!r}: not base64") from None
+    if len(raw) != 8 * size:
+        raise Malformed(f"array {name!r}: {len(raw)} bytes for shape {shape}")
+    return np.frombuffer(raw, dtype="<f8").astype(np.float64).reshape(shape)
+
+
+def decode(text: str) -> tuple[dict[str, np.ndarray], tuple[str, str] | None]:
+    """``(results, failure)`` from a probe's reply; raises :class:`Malformed`."""
+    if not isinstance(text, str) or len(text) > MAX_RECORD:
+        raise Malformed("not a reply of the probe's size")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise Malformed("not JSON") from None
+    if not isinstance(data, dict) or set(data) != {"results", "failure"} or not isinstance(data["results"], dict):
+        raise Malformed("not the probe's record")
+    failure = data["failure"]
+    if failure is not None:
+        if not (isinstance(failure, list) and len(failure) == 2 and all(isinstance(f, str) for f in failure)):
+            raise Malformed("failure: expected [mistake, message]")
+        if failure[0] not in PROBE_MISTAKES:
+            raise Malformed("failure: not a mistake the probes name")
+        failure = (failure[0], failure[1][:MAX_MESSAGE])
+    results = {}
+    for name, entry in data["results"].items():
+        if not (isinstance(name, str) and name.isidentifier() and len(name) <= 40):
+            raise Malformed("bad array name")
+        results[name] = _array(name, entry)
+    return results, failure
+
+
+def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | None, str]:
+    """``(mistake, message)``; mistake None when the check passed."""
+    if problem is not None:
+        if problem.startswith("error:"):
+            ename = problem.split(":", 1)[1] or "an error"
+            names = " and ".join(f"`{t}`" for t in check.targets)
+            return "did-not-run", (f"the check could not call {names} ({ename}): run the cell that defines it, "
+                                   "and keep its name")
+        return ("kernel-died" if problem == "kernel-died" else "timeout" if problem == "timeout" else "did-not-run",
+                PROBLEMS.get(problem, PROBLEMS["no-result"]))
+    try:
+        results, failure = decode(text)
+    except Malformed as e:
+        return "malformed-result", f"the check's record could not be read ({e})"
+    if failure is not None:
+        return failure
+    try:
+        judges.judge(check.kind, json.loads(check.params), results)
     except CheckFailed as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001 - malformed results are wrong results
-        return f"[malformed-result] the recorded result could not be judged ({type(e).__name__})"
-    return None
+        return e.mistake or "wrong-values", e.message
+    except Exception as e:  # noqa: BLE001 - results the judge cannot use are wrong results
+        return "malformed-result", f"the recorded result could not be judged ({type(e).__name__})"
+    return None, ""
 
 
-def verdicts(expected: dict[str, list[Key]], records: dict[Key, dict]) -> dict[str, str | None]:
-    """For each test cell: None if all its checks passed, else the first failure's message."""
-    out = {}
-    for gid, keys in expected.items():
-        out[gid] = next((m for m in (_judge_one(k, records.get(k)) for k in keys) if m), None)
-    return out
+def verdict(check: Check, text: str | None, problem: str | None = None) -> Verdict:
+    """The judge's word on ``check``, from the probe's reply ``text`` or the ``problem`` that stopped it."""
+    mistake, message = _judged(check, text, problem)
+    if mistake is not None and check.hidden:
+        message = HIDDEN_TEXT
+    return Verdict(check.cell, check.index, check.kind, check.hidden, mistake is None, mistake, message[:MAX_MESSAGE])
 
 
-def apply(root: Path, db_url: str, assignment: str, student: str, records_dir) -> dict[str, str | None]:
-    """Judge one autograded submission; write scores and verdicts. Returns the verdicts.
+def failure_text(v: Verdict) -> str:
+    return f"[{v.mistake}] {v.message}"
 
-    ``records_dir``: the records folder, or a list of them (one per kernel, oldest first).
-    """
-    root = Path(root)
-    source = root / "solutions" / assignment / f"{assignment}.ipynb"
-    expected = expected_checks(source)
-    if not expected:
+
+def cell_outputs(verdicts: list[Verdict]) -> list:
+    """A test cell's outputs: one line if every check passed, else an error with the first failure."""
+    visible = sum(not v.hidden for v in verdicts)
+    hidden = len(verdicts) - visible
+    failed = [v for v in verdicts if not v.passed]
+    if not failed:
+        return [NotebookNode(output_type="stream", name="stdout",
+                             text=f"Graded: every check of this test passed ({visible} visible, {hidden} hidden).\n")]
+    first = failed[0]
+    return [NotebookNode(output_type="error", ename="CheckFailed", evalue=failure_text(first),
+                         traceback=[f"CheckFailed: {failure_text(first)}",
+                                    f"{len(failed)} of {len(verdicts)} checks of this test failed."])]
+
+
+def read_verdicts(course_root: Path, student: str, assignment: str) -> dict[str, list[Verdict]]:
+    """The verdicts saved by the grader for one submission (empty if none)."""
+    path = Path(course_root) / "verdicts" / student / f"{assignment}.json"
+    if not path.is_file():
         return {}
-    result = verdicts(expected, read_records(records_dir))
-    path = root / "autograded" / student / assignment / f"{assignment}.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    with Gradebook(db_url) as gb:
-        for gid, message in result.items():
-            grade = gb.find_grade(gid, assignment, assignment, student)
-            grade.auto_score = grade.max_score if message is None else 0.0
-        gb.db.commit()
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in result:
-            message = result[gid]
-            if message is None:
-                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Graded: every check of this test passed.\n")]
-            else:
-                cell.outputs = [nbformat.v4.new_output("error", ename="CheckFailed", evalue=message, traceback=[f"CheckFailed: {message}"])]
-    nbformat.write(nb, path)
-    return result
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {gid: [Verdict(**v) for v in vs] for gid, vs in data.items()}
 
 
 def autograde(api, assignment: str, student: str) -> dict:
-    """nbgrader's autograde of one submission in a jailed kernel, then the judge.
+    """nbgrader's autograde of one submission: jailed kernels, checks called and judged by the grader.
 
-    Returns nbgrader's result dict (``success``, ``error``, ``log``) with
-    ``verdicts`` added: {test cell: None if passed, else the message}.
+    ``api`` is built by :func:`grading.course.api`; this run's kernels get a
+    sandbox folder of their own, removed afterwards. Returns nbgrader's result
+    dict (``success``, ``error``, ``log``) with ``verdicts`` added.
     """
-    import os
-    import shutil
-    import tempfile
-
     from . import jail
 
     root = Path(api.coursedir.root)
     sandboxes = Path(tempfile.mkdtemp(prefix="bn-sub-"))
     os.chmod(sandboxes, 0o755)
-    saved = {k: os.environ.get(k) for k in (jail.JAIL_ENV, jail.HIDE_ENV, jail.PRELOAD_ENV)}
-    os.environ[jail.JAIL_ENV] = str(sandboxes)
-    os.environ[jail.HIDE_ENV] = str(root)
-    # the kernel comes with the frameworks the assignment uses already imported (a zygote that has them)
-    os.environ[jail.PRELOAD_ENV] = ",".join(jail.preload_for(root / "solutions" / assignment / f"{assignment}.ipynb"))
+    source = root / "solutions" / assignment / f"{assignment}.ipynb"
+    settings = api.config.GradedExecute
+    settings.course_root = str(root)
+    settings.sandbox_root = str(sandboxes)
+    settings.preload = list(jail.preload_for(source))
     try:
         result = api.autograde(assignment, student)
         if result.get("success"):
-            # one sandbox per kernel: more than one when a cell killed the kernel
-            records = sorted(sandboxes.glob("kernel-*/records"), key=lambda p: p.stat().st_mtime_ns)
-            result["verdicts"] = apply(root, api.coursedir.db_url, assignment, student, records)
+            result["verdicts"] = read_verdicts(root, student, assignment)
         return result
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(sandboxes, ignore_errors=True)

@@ -6,12 +6,9 @@ self-contained: it builds its own ``NbGraderAPI`` from the course folder, so
 it runs as well in a worker process (:func:`grade_all` uses a spawn-started
 pool) as in the calling one.
 
-Every worker writes to the course's one sqlite gradebook. nbgrader opens a
-short session per step, but two writers still collide; sqlite's default busy
-timeout in Python is 5 s, after which a writer fails with "database is
-locked". :func:`grading_api` therefore points nbgrader at the same file with a
-longer busy timeout (``?timeout=``, which SQLAlchemy's pysqlite dialect passes
-to ``sqlite3.connect``), so that a writer waits its turn instead of failing.
+Every worker writes to the course's one sqlite gradebook, opened with a long
+busy timeout (:func:`grading.course.grading_url`) so that a writer waits its
+turn instead of failing.
 
 The :class:`Journal` (``journal.jsonl`` in the course folder) records each
 submission once its grading *and* feedback are complete, keyed by the sha256
@@ -30,27 +27,7 @@ import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-DB_TIMEOUT_S = 120
 JOURNAL_NAME = "journal.jsonl"
-
-
-def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
-    """``db_url`` with a sqlite busy timeout of ``timeout`` seconds (other databases unchanged)."""
-    if not db_url.startswith("sqlite") or "timeout=" in db_url:
-        return db_url
-    return f"{db_url}{'&' if '?' in db_url else '?'}timeout={timeout:g}"
-
-
-def grading_api(course_root: Path, timeout: float = DB_TIMEOUT_S):
-    """nbgrader's API for the course at ``course_root``, its gradebook opened with a long busy timeout."""
-    from nbgrader.apps import NbGraderAPI
-    from traitlets.config.loader import PyFileConfigLoader
-
-    from . import course as C
-
-    config = PyFileConfigLoader(C.CONFIG_NAME, path=str(course_root)).load_config()
-    config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url, timeout)
-    return NbGraderAPI(config=config)
 
 
 def sha256_text(text: str) -> str:
@@ -93,8 +70,8 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
               "status": "graded", "message": "", "pid": os.getpid()}
     from . import judge
 
-    api = grading_api(root)
-    result = judge.autograde(api, assignment, student)  # nbgrader's autograde in a jailed kernel, then the judge
+    api = C.api(root)
+    result = judge.autograde(api, assignment, student)  # jailed kernels; checks called and judged by the grader
     if not result.get("success"):
         return record | {"status": "autograde-failed", "message": "autograding failed: " + C.last_line(result)}
     feedback = api.generate_feedback(assignment, student)

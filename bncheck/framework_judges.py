@@ -1,13 +1,12 @@
-"""The judging half of :mod:`bnlib.framework_checkers`: reference, comparison, diagnosis.
+"""The judges of the framework exercises (chapter 5, Keras; chapter 6, PyTorch).
 
-Importing this module registers its kinds with :func:`bnlib._judge.judge`
-(which imports it on first use of one of them, so that :mod:`bnlib._judge`
-itself needs neither Keras nor PyTorch). Each ``_judge_<kind>(params,
-results)`` builds the probe's setup again from ``params`` (same seed, same
-model, same inputs), asks the framework for the right answer, and raises
-:class:`~bnlib.checkers.CheckFailed` naming the mistake whose answer matches
-the learner's. It never looks at the learner's objects, only at the arrays
-the probe recorded.
+Each ``_judge_<kind>(params, results)`` builds the probe's setup again from
+``params`` (same seed, same model, same inputs), asks the framework for the
+right answer, and raises :class:`~bncheck.probes.CheckFailed` naming the
+mistake whose answer matches the learner's. It never looks at the learner's
+objects, only at the arrays the probe recorded. Keras and PyTorch are
+imported on first use, so :mod:`bncheck.registry` loads this module only to
+judge such a check.
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ import os
 
 import numpy as np
 
-from . import _judge
-from ._judge import _compare, _need
-from .checkers import CheckFailed, _close
-from .framework_checkers import (
+from .framework_probes import (
     _bn_layers,
     _dense_layers,
     _knp,
@@ -33,6 +29,8 @@ from .framework_checkers import (
     sequence_input,
     state_vector,
 )
+from .judges import _compare, _need
+from .probes import CheckFailed, _close
 
 # float32 frameworks: loose tolerances (float64 references).
 RTOL32 = 1e-5
@@ -56,7 +54,7 @@ def _torch():
 
 
 def _match(got, expected, what, mistakes, *, rtol=RTOL32, atol=ATOL32):
-    """``bnlib._judge._compare`` with float32 tolerances, after a shape check."""
+    """``bncheck.judges._compare`` with float32 tolerances, after a shape check."""
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
@@ -300,14 +298,3 @@ def _judge_fold_into_linear(params, results):
     if got.shape != (x.shape[0], n_out):
         raise CheckFailed(f"the folded layer's output must have shape {(x.shape[0], n_out)}; got {got.shape}", "wrong-shape")
     _match(got, want, "output of the folded layer (compared with bn(linear(x)) in eval mode)", {}, rtol=1e-4, atol=1e-4)
-
-
-KINDS = {
-    "sequence_bn": _judge_sequence_bn,
-    "param_counts": _judge_param_counts,
-    "freeze_batchnorm": _judge_freeze_batchnorm,
-    "predict": _judge_predict,
-    "keras_bn_to_torch": _judge_keras_bn_to_torch,
-    "fold_into_linear": _judge_fold_into_linear,
-}
-_judge.JUDGES.update(KINDS)

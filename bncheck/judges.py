@@ -1,7 +1,7 @@
-"""The judging half of :mod:`bnlib.checkers`: reference, comparison, diagnosis.
+"""The judges of the numpy exercises: reference, comparison, diagnosis.
 
 It runs in the learner's own kernel when they check their work, and in the
-grader's process during grading (never in the graded kernel). Each
+grader's process during grading (never in a graded kernel). Each
 ``_judge_<kind>(params, results)`` regenerates the probe's inputs from
 ``params``, computes bnlib's reference, and raises :class:`CheckFailed`
 naming the mistake of the catalog whose answer matches the learner's.
@@ -9,11 +9,9 @@ naming the mistake of the catalog whose answer matches the learner's.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from .checkers import (
+from .probes import (
     CheckFailed,
     _close,
     backward_inputs,
@@ -23,30 +21,16 @@ from .checkers import (
     numgrad_setup,
     scaler_data,
 )
-from .functional import batch_statistics, batchnorm_backward, batchnorm_forward
-from .gradcheck import numerical_gradient
-from .layer import BatchNorm
+from bnlib.functional import batch_statistics, batchnorm_backward, batchnorm_forward
+from bnlib.gradcheck import numerical_gradient
+from bnlib.layer import BatchNorm
 
-
-# Kinds judged by a module imported on first use, because it needs Keras or
-# PyTorch; importing it adds its judges to JUDGES.
-LAZY_JUDGES = {
-    kind: "bnlib._framework_judge"
-    for kind in ("sequence_bn", "param_counts", "freeze_batchnorm", "predict", "keras_bn_to_torch", "fold_into_linear")
-}
+from . import registry
 
 
 def judge(kind: str, params: dict, results: dict) -> None:
     """Judge one check's ``results`` (arrays from the probe); raise CheckFailed if wrong."""
-    if kind not in JUDGES and kind in LAZY_JUDGES:
-        import importlib
-
-        importlib.import_module(LAZY_JUDGES[kind])
-    try:
-        fn = JUDGES[kind]
-    except KeyError:
-        raise ValueError(f"unknown check kind {kind!r}; expected one of {sorted(JUDGES)}") from None
-    fn(params, results)
+    registry.judge_function(kind)(params, results)
 
 
 def _need(results: dict, *names):
@@ -366,12 +350,3 @@ def _judge_numgrad(params, results):
             "ignores-dout": (lambda: numerical_gradient(gradient_probe, x.copy(), np.ones(x.shape), h=h),
                              "dout is ignored: the gradient is that of sum(f(x) * dout), so weight f's outputs by dout."),
         })
-
-
-JUDGES: dict[str, Callable[[dict, dict], None]] = {
-    "forward": _judge_forward,
-    "backward": _judge_backward,
-    "running_layer": _judge_running_layer,
-    "scaler": _judge_scaler,
-    "numgrad": _judge_numgrad,
-}

@@ -1,42 +1,39 @@
-"""Checkers for the graded exercises: run a learner's function on inputs that
-let no mistake hide, then judge it against bnlib and say what is wrong.
+"""The probes: run a learner's function on inputs that let no mistake hide,
+and turn what it returns into plain arrays. Numpy only; no reference code.
 
 A test cell of an exercise notebook calls, for example::
 
-    from bnlib.checkers import check_forward
+    from bncheck import check_forward
     check_forward(batchnorm_forward, seed=0)
 
-Each checker has two halves:
+Each ``check_<what>`` builds its inputs from ``seed`` (small batches, N in
+2..5, where ``n`` and ``n - 1`` differ a lot; ``x = 5 * randn + 12``; gamma
+and beta far from 1 and 0; an ``eps`` large enough that its place matters),
+calls the learner's function on copies of them, checks that it left them
+unchanged, and converts what comes back to plain ``float64`` ndarrays,
+checking type, shape and dtype first, so an object that claims to equal
+everything earns nothing. The **judge** (:mod:`bncheck.judges`) regenerates
+the same inputs, computes bnlib's reference, compares, and if they differ
+recomputes the answer with each mistake of a catalog (unbiased variance, eps
+outside the square root, wrong axis, ...) to name the one that matches.
 
-1. the **probe** (this module, numpy only, no reference code): it builds
-   inputs from ``seed`` (small batches, N in 2..5, where ``n`` and ``n - 1``
-   differ a lot; ``x = 5 * randn + 12``; gamma and beta far from 1 and 0; an
-   ``eps`` large enough that its place matters), calls the learner's function
-   on copies of them, and converts what comes back to plain ``float64``
-   ndarrays, checking type, shape and dtype first, so an object that claims
-   to equal everything earns nothing;
-2. the **judge** (``bnlib._judge``): it regenerates the same inputs,
-   computes bnlib's reference, compares, and if they differ recomputes the
-   answer with each mistake of a catalog (unbiased variance, eps outside the
-   square root, wrong axis, ...) to name the one that matches.
+Three ways this module runs:
 
-A learner running the notebook gets both at once: a failed check raises
-:class:`CheckFailed` (an ``AssertionError``) whose message starts with the
-mistake's name in brackets, e.g. ``[unbiased-variance]``.
-
-During grading (environment variable ``BNLIB_CHECK_RECORD`` set to a folder)
-the probe only **records** what the learner's function returned, and the
-judge runs later in the grader's own process (``grading.judge``), where an
-answer cell cannot reach it: monkeypatching this module, ``numpy`` or
-``assert`` from the notebook changes nothing but the learner's own records,
-and the kernel has no access to the reference implementation.
+- **a learner** runs a test cell: probe, then judge, at once; a failed check
+  raises :class:`CheckFailed` (an ``AssertionError``) whose message starts
+  with the mistake's name in brackets, e.g. ``[unbiased-variance]``;
+- **the grader lists** the checks of a source notebook's test cell
+  (``_COLLECT``, in the grader's own process): nothing runs;
+- **the grader calls** one check in a graded kernel (:func:`grader_call`),
+  with parameters it chose (a hidden test's seed among them): the probe's
+  arrays come back as text and the grader judges them in its own process,
+  where the learner's code cannot reach the judge or the reference.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -50,10 +47,6 @@ __all__ = [
     "check_numerical_gradient",
 ]
 
-RECORD_ENV = "BNLIB_CHECK_RECORD"
-# Set by the grader (in its own process, never in a graded kernel) to list the
-# checks a test cell makes, without running them: see grading.judge.
-_COLLECT: list | None = None
 
 
 class CheckFailed(AssertionError):
@@ -197,45 +190,104 @@ def _unpack(result, names: tuple[str, ...], what: str):
 
 
 # ----------------------------------------------------- probe and submit ---
-def _fn_name(fn) -> str:
-    return str(getattr(fn, "__name__", type(fn).__name__))
+class _Hidden:
+    """The seed of a hidden test (:data:`HIDDEN`)."""
+
+    def __repr__(self):
+        return "HIDDEN"
 
 
-def _run(kind: str, fn, params: dict, probe) -> None:
-    """Run ``probe() -> {name: array}``; judge now, or record for the grader."""
-    if _COLLECT is not None:
-        _COLLECT.append((kind, _fn_name(fn), params))
-        return
-    failure = None
+#: ``seed=HIDDEN`` in a source notebook's hidden tests: when a learner (or the
+#: instructor) runs the notebook, a fresh random seed; when the grader lists the
+#: checks, a seed drawn from the course's secret (``grading.plan``), handed to
+#: the probe only when the check is called.
+HIDDEN = _Hidden()
+
+# Set by the grader (in its own process, never in a graded kernel) to list the
+# checks a test cell makes, without running them: see grading.plan.
+_COLLECT: list | None = None
+# Set while the grader's call (:func:`grader_call`) runs in a graded kernel:
+# the probe's results go here instead of to the judge.
+_CAPTURE: list | None = None
+# The learner's objects a test cell's hidden checks will call, bound by the grader
+# at the test cell (the hidden checks run after the learner's last cell).
+_BOUND: dict[str, tuple] = {}
+MESSAGE_LIMIT = 2000  # characters of a learner's exception message kept in a record
+
+
+def _seed(seed):
+    """A concrete seed: :data:`HIDDEN` becomes a fresh random one, except while the grader lists checks."""
+    if seed is HIDDEN and _COLLECT is None:
+        return int(np.random.SeedSequence().entropy % (1 << 31))
+    return seed
+
+
+def _short(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters cut]"
+
+
+def _probe(probe):
+    """``(results, failure)`` of ``probe() -> {name: array}``; failure is ``(mistake, message)`` or None."""
     try:
-        results = probe()
+        return probe(), None
     except CheckFailed as e:
-        results, failure = {}, (e.mistake, e.message)
-    except Exception as e:  # the learner's own error: the judge reports it
-        if not os.environ.get(RECORD_ENV):
-            raise
-        results, failure = {}, ("raised", f"your code raised {type(e).__name__}: {e}")
-    if os.environ.get(RECORD_ENV):
-        _record(Path(os.environ[RECORD_ENV]), kind, _fn_name(fn), params, results, failure)
+        return {}, (e.mistake, _short(e.message))
+    except Exception as e:  # noqa: BLE001 - the learner's own error: the judge reports it
+        return {}, ("raised", _short(f"your code raised {type(e).__name__}: {e}"))
+
+
+def _run(kind: str, targets: tuple, params: dict, probe) -> None:
+    """Run ``probe() -> {name: array}`` on the learner's ``targets`` and judge it now;
+    or, for the grader, list the check or capture its results."""
+    if _COLLECT is not None:
+        _COLLECT.append((kind, tuple(targets), dict(params)))
         return
-    if failure:
-        raise CheckFailed(failure[1], failure[0])
-    from . import _judge
+    if _CAPTURE is not None:
+        _CAPTURE.append(_probe(probe))
+        return
+    results = probe()  # a learner's own exception reaches them with its traceback
+    from . import judges
 
-    _judge.judge(kind, params, results)
+    judges.judge(kind, params, results)
 
 
-def _record(folder: Path, kind, fn_name, params, results, failure) -> None:
-    """Append one check's results: arrays as .npy files, the rest as a JSON line."""
-    folder.mkdir(parents=True, exist_ok=True)
-    index = len(list(folder.glob("*.json")))
+def encode(results: dict, failure) -> str:
+    """One check's results as JSON text: each array as ``[shape, base64 of little-endian float64]``."""
     arrays = {}
     for name, arr in results.items():
-        path = folder / f"{index:05d}-{name}.npy"
-        np.save(path, arr, allow_pickle=False)
-        arrays[name] = path.name
-    entry = {"kind": kind, "fn": fn_name, "params": params, "arrays": arrays, "failure": failure}
-    (folder / f"{index:05d}.json").write_text(json.dumps(entry))
+        arr = np.ascontiguousarray(np.ndarray.view(np.asarray(arr), np.ndarray), dtype="<f8")
+        arrays[str(name)] = [list(arr.shape), base64.b64encode(arr.tobytes()).decode("ascii")]
+    return json.dumps({"results": arrays, "failure": None if failure is None else [failure[0], _short(failure[1])]})
+
+
+def bind(key: str, targets: tuple) -> str:
+    """Keep ``targets`` (the learner's objects a test cell names) for that cell's hidden checks."""
+    _BOUND[str(key)] = tuple(targets)
+    return "bound"
+
+
+def grader_call(kind: str, targets: tuple, params_json: str) -> str:
+    """Run one check's probe for the grader, in the graded kernel; return :func:`encode`'s text.
+
+    The grader executes ``grader_call(kind, (learner_function, ...), params)``
+    after the learner's cells, with the check and its parameters (a hidden
+    test's seed among them) chosen on the grader's side: nothing here judges.
+    """
+    global _CAPTURE
+    from .registry import check_function
+
+    check = check_function(kind)
+    _CAPTURE = captured = []
+    try:
+        check(*targets, **json.loads(params_json))
+    except BaseException as e:  # noqa: BLE001 - SystemExit and the like from the learner's code count as raised
+        captured.append(({}, ("raised", _short(f"your code raised {type(e).__name__}: {e}"))))
+    finally:
+        _CAPTURE = None
+    if not captured:
+        captured.append(({}, ("did-not-run", "the check did not run")))
+    return encode(*captured[-1])
 
 
 # ------------------------------------------------------------ checkers ----
@@ -254,6 +306,7 @@ def check_forward(fn, *, seed: int = 0, layout: str = "ND", shape=None) -> None:
     CheckFailed
         With the diagnosed mistake, e.g. ``[unbiased-variance]``.
     """
+    seed = _seed(seed)
     params = {"seed": seed, "layout": layout, "shape": None if shape is None else list(shape)}
 
     def probe():
@@ -261,7 +314,7 @@ def check_forward(fn, *, seed: int = 0, layout: str = "ND", shape=None) -> None:
         out = _call(fn, x, gamma, beta, eps, what="your forward pass")
         return {"out": _plain(out, what="the output", shape=x.shape)}
 
-    _run("forward", fn, params, probe)
+    _run("forward", (fn,), params, probe)
 
 
 def check_backward(fn, *, seed: int = 0, shape=None) -> None:
@@ -271,6 +324,7 @@ def check_backward(fn, *, seed: int = 0, shape=None) -> None:
     Diagnoses: dgamma or dbeta not summed over the batch, swapped, and dx
     missing the paths through the mean or the variance.
     """
+    seed = _seed(seed)
     params = {"seed": seed, "shape": None if shape is None else list(shape)}
 
     def probe():
@@ -284,7 +338,7 @@ def check_backward(fn, *, seed: int = 0, shape=None) -> None:
             "dbeta": _plain(result[2], what="dbeta", shape=(D,), hint=summed),
         }
 
-    _run("backward", fn, params, probe)
+    _run("backward", (fn,), params, probe)
 
 
 def _layer_running(layer, C: int):
@@ -306,10 +360,11 @@ def check_running_layer(layer_cls, *, convention: str = "torch", seed: int = 0, 
     are read, starting from zeros and ones. Input is ``(N, C)`` or ``(N, C, H, W)``,
     features on axis 1.
     """
+    seed = _seed(seed)
     params = {"seed": seed, "convention": convention, "layout": layout, "steps": steps}
-    C, momentum, eps, batches = layer_setup(seed, convention, layout, steps)
 
     def probe():
+        C, momentum, eps, batches = layer_setup(seed, convention, layout, steps)
         try:
             layer = layer_cls(C, momentum=momentum, eps=eps, convention=convention)
         except NotImplementedError:
@@ -325,7 +380,7 @@ def check_running_layer(layer_cls, *, convention: str = "torch", seed: int = 0, 
         results["rm_after_eval"], results["rv_after_eval"] = _layer_running(layer, C)
         return results
 
-    _run("running_layer", layer_cls, params, probe)
+    _run("running_layer", (layer_cls,), params, probe)
 
 
 def check_scaler(fit, transform, *, kind: str = "standard", seed: int = 0) -> None:
@@ -338,6 +393,7 @@ def check_scaler(fit, transform, *, kind: str = "standard", seed: int = 0) -> No
     """
     if kind not in ("standard", "minmax"):
         raise ValueError(f"kind must be 'standard' or 'minmax'; got {kind!r}")
+    seed = _seed(seed)
     params = {"seed": seed, "kind": kind}
 
     def probe():
@@ -354,7 +410,7 @@ def check_scaler(fit, transform, *, kind: str = "standard", seed: int = 0) -> No
             "test": _plain(got_te, what="the scaled test data", shape=Xte.shape, finite=False),
         }
 
-    _run("scaler", transform, params, probe)
+    _run("scaler", (fit, transform), params, probe)
 
 
 def check_numerical_gradient(fn, *, seed: int = 0) -> None:
@@ -365,6 +421,7 @@ def check_numerical_gradient(fn, *, seed: int = 0) -> None:
     right answer agrees to rounding error, and a forward difference (error of
     order ``h``) does not.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -372,4 +429,4 @@ def check_numerical_gradient(fn, *, seed: int = 0) -> None:
         grad = _call(fn, gradient_probe, x, dout, what="your numerical_gradient", h=h)
         return {"grad": _plain(grad, what="the numerical gradient", shape=x.shape)}
 
-    _run("numgrad", fn, params, probe)
+    _run("numgrad", (fn,), params, probe)

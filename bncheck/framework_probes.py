@@ -1,6 +1,6 @@
-"""Checkers for the framework exercises (chapter 5, Keras; chapter 6, PyTorch).
+"""Probes for the framework exercises (chapter 5, Keras; chapter 6, PyTorch).
 
-They follow :mod:`bnlib.checkers` and have the same two halves:
+They follow :mod:`bncheck.probes` and have the same two halves:
 
 1. the **probe** (this module): it builds, from ``seed``, the inputs and the
    models the learner's function gets (random sizes that all differ,
@@ -11,17 +11,16 @@ They follow :mod:`bnlib.checkers` and have the same two halves:
    turns it into plain ``float64`` arrays: numbers, flags (0.0 / 1.0), layer
    configuration, weights, outputs on seeded inputs. It holds no reference
    and no catalog of mistakes;
-2. the **judge** (``bnlib._framework_judge``, registered with
-   ``bnlib._judge.judge``): it builds the same setup again, asks the
+2. the **judge** (:mod:`bncheck.framework_judges`): it builds the same setup again, asks the
    framework for the right answer, compares, and on a mismatch raises
-   :class:`~bnlib.checkers.CheckFailed` naming the mistake, e.g.
+   :class:`~bncheck.probes.CheckFailed` naming the mistake, e.g.
    ``[forgot-eval]``.
 
-A learner running the notebook gets both at once; during grading
-(``BNLIB_CHECK_RECORD`` set) the probe only records, and the grader judges the
-records in its own process (``grading.judge``).
+A learner running the notebook gets both at once; during grading the grader
+calls the probe (:func:`bncheck.probes.grader_call`) and judges its arrays in
+its own process.
 
-Keras and PyTorch are imported inside the functions, so ``bnlib`` still
+Keras and PyTorch are imported inside the functions, so ``bncheck`` still
 imports with numpy alone. The Keras checkers expect ``KERAS_BACKEND`` and the
 TensorFlow log settings to be chosen before Keras is first imported (the
 exercise notebooks do it in their first cell). No checker prints to stderr:
@@ -32,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkers import CheckFailed, _call, _plain, _run
+from .probes import CheckFailed, _call, _plain, _run, _seed
 
 __all__ = [
     "check_sequence_bn",
@@ -149,6 +148,7 @@ def check_sequence_bn(make_layer, *, seed: int = 0) -> None:
     mean 0 and variance ``var / (var + epsilon)``. N, T and F all differ, so
     the shape of ``moving_mean`` tells which axis was kept.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -179,7 +179,7 @@ def check_sequence_bn(make_layer, *, seed: int = 0) -> None:
             results["beta"] = _plain(_knp(layer.beta), what="the layer's beta", shape=(F,))
         return results
 
-    _run("sequence_bn", make_layer, params, probe)
+    _run("sequence_bn", (make_layer,), params, probe)
 
 
 def _as_int(value, what):
@@ -194,6 +194,7 @@ def check_param_counts(fn, *, seed: int = 0) -> None:
     The model is ``Sequential([Input((n_in,)), Dense(n_hidden), BatchNormalization(),
     Dense(n_out)])``, built for random sizes; Keras counts its weights.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -207,7 +208,7 @@ def check_param_counts(fn, *, seed: int = 0) -> None:
         counts = [_as_int(result[0], "trainable"), _as_int(result[1], "non_trainable")]
         return {"counts": np.array(counts, dtype=np.float64)}
 
-    _run("param_counts", fn, params, probe)
+    _run("param_counts", (fn,), params, probe)
 
 
 def check_freeze_batchnorm(fn, *, seed: int = 0) -> None:
@@ -217,6 +218,7 @@ def check_freeze_batchnorm(fn, *, seed: int = 0) -> None:
     output and leave the moving statistics unchanged, no gamma or beta may be
     trainable, and every Dense weight must still be trainable.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -236,7 +238,7 @@ def check_freeze_batchnorm(fn, *, seed: int = 0) -> None:
         results["stats_after"] = stats()
         return results
 
-    _run("freeze_batchnorm", fn, params, probe)
+    _run("freeze_batchnorm", (fn,), params, probe)
 
 
 # ============================================================= PyTorch ====
@@ -300,6 +302,7 @@ def check_predict(fn, *, seed: int = 0, start_training: bool = True) -> None:
     ``(N, n_out)``, leave the model's state unchanged, and leave the model in
     the mode it was in (``start_training`` chooses it).
     """
+    seed = _seed(seed)
     params = {"seed": seed, "start_training": bool(start_training)}
 
     def probe():
@@ -317,7 +320,7 @@ def check_predict(fn, *, seed: int = 0, start_training: bool = True) -> None:
             "modes_after": _flags(m.training for m in model.modules()),
         }
 
-    _run("predict", fn, params, probe)
+    _run("predict", (fn,), params, probe)
 
 
 def _tensor(module, name, C):
@@ -343,6 +346,7 @@ def check_keras_bn_to_torch(fn, *, seed: int = 0) -> None:
     epsilon, and the momentum in PyTorch's convention (``1 - keras momentum``);
     in eval mode it must give Keras's inference-mode outputs.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -373,7 +377,7 @@ def check_keras_bn_to_torch(fn, *, seed: int = 0) -> None:
         module.train(was)
         return results
 
-    _run("keras_bn_to_torch", fn, params, probe)
+    _run("keras_bn_to_torch", (fn,), params, probe)
 
 
 def fold_setup(seed: int):
@@ -401,6 +405,7 @@ def check_fold_into_linear(fn, *, seed: int = 0) -> None:
     large eps; it is handed over in training mode, and ``fn`` must use its
     running statistics anyway and change neither input module.
     """
+    seed = _seed(seed)
     params = {"seed": seed}
 
     def probe():
@@ -429,4 +434,4 @@ def check_fold_into_linear(fn, *, seed: int = 0) -> None:
             "out": _plain(out, what="the folded layer's output", shape=(x.shape[0], n_out)),
         }
 
-    _run("fold_into_linear", fn, params, probe)
+    _run("fold_into_linear", (fn,), params, probe)

@@ -1,0 +1,275 @@
+"""Running a submission in its kernel, with the grader deciding every check.
+
+:class:`GradedExecute` replaces nbgrader's ``Execute`` in the autograde
+pipeline. It runs the learner's cells as nbgrader would, in a jailed kernel
+(:mod:`grading.jail`), with three differences:
+
+1. **A test cell's source never runs.** The grader knows the cell's checks
+   (:func:`grading.plan.plan`, from the source notebook). At the test cell
+   it calls each *visible* check itself (``bncheck.probes.grader_call``, the
+   learner's function named by the plan), and keeps a reference to the
+   objects the hidden checks will call. The *hidden* checks run after the
+   learner's last cell, with seeds drawn from the course's secret: no hidden
+   code, seed or input is in the kernel while a cell of the learner's runs,
+   and what the learner's code prints during a check is thrown away (a
+   check's outputs never reach the notebook).
+2. **The judge writes the test cell's outputs.** Each check's arrays come
+   back as text, are judged in this process (:func:`grading.judge.verdict`)
+   and the cell gets the verdicts: a passed test prints one line, a failed
+   one an error whose message is the judge's. nbgrader then scores the cell
+   from these outputs as it scores any test cell, and the verdicts are
+   saved as data (``verdicts/<student>/<assignment>.json``) for the report.
+3. **A dead kernel costs only its cell.** When a cell (or a check) kills the
+   kernel or runs past the time limit, that cell gets an error, a fresh
+   kernel replays the cells before it, skipping every cell that killed a
+   kernel before, and grading goes on; at most :attr:`max_deaths` times.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.util import run_sync
+from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer, List, Unicode
+
+from . import judge as J
+from . import plan as P
+
+VERDICTS_DIR = "verdicts"
+
+
+def _gid(cell) -> str | None:
+    meta = cell.get("metadata", {}).get("nbgrader") or {}
+    return meta.get("grade_id") if isinstance(meta, dict) else None
+
+
+def _bind_source(cell: P.CellPlan) -> str:
+    return (f"_p = __import__('bncheck.probes', fromlist=['bind'])\n"
+            f"_p.bind({cell.cell!r}, ({', '.join(cell.targets)},))")
+
+
+class GradedExecute(Execute):
+    """nbgrader's Execute, with the checks of test cells called and judged by the grader (see the module)."""
+
+    course_root = Unicode("", help="The course folder: solutions/ and the course secret are read there.").tag(config=True)
+    sandbox_root = Unicode("", help="Folder for the kernels' sandboxes (a temporary folder when empty).").tag(config=True)
+    preload = List(Unicode(), help="Frameworks the kernels' zygote imports before forking (the assignment's).").tag(config=True)
+    max_deaths = Integer(3, help="Kernels that may die (or time out) in one notebook before grading gives up.").tag(config=True)
+
+    # ---------------------------------------------------------------- setup
+    def preprocess(self, nb, resources=None, km=None):
+        info = (resources or {}).get("nbgrader", {})
+        assignment, notebook, student = info["assignment"], info["notebook"], info["student"]
+        root = Path(self.course_root or Path(info.get("db_url", "sqlite:///./x").split("///", 1)[-1]).parent)
+        self._plan = P.plan(root / "solutions" / assignment / f"{notebook}.ipynb", P.course_secret(root))
+        self._verdicts: dict[str, list[P.Verdict]] = {gid: [] for gid in self._plan}
+        self._where: dict[str, int] = {}
+        self._bound: dict[str, str | None] = {}  # test cell: None if its objects are bound, else why not
+        self._killers: set[int] = set()
+        self._deaths = 0
+        try:
+            nb, resources = super().preprocess(nb, resources, km)
+        finally:
+            self._save(root, student, assignment)
+        return nb, resources
+
+    def create_kernel_manager(self):
+        km = super().create_kernel_manager()
+        if hasattr(km, "sandbox_root"):  # the jailed kernel manager takes this run's settings
+            km.sandbox_root, km.preload = self.sandbox_root, list(self.preload)
+            km.hide = [self.course_root] if self.course_root else []
+        return km
+
+    def _save(self, root: Path, student: str, assignment: str) -> None:
+        path = root / VERDICTS_DIR / student / f"{assignment}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {gid: [v.to_json() for v in vs] for gid, vs in self._verdicts.items()}
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+
+    # ----------------------------------------------------------- execution
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        gid = _gid(cell)
+        if cell.cell_type == "code" and gid in self._plan:
+            await self._test_cell(cell, cell_index, gid)
+        else:
+            await self._learner_cell(cell, cell_index, execution_count, store_history)
+        if cell_index == len(self.nb.cells) - 1:
+            await self._hidden_checks()
+        return cell
+
+    execute_cell = run_sync(async_execute_cell)
+
+    async def _learner_cell(self, cell, cell_index, execution_count, store_history) -> None:
+        try:
+            await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        except (DeadKernelError, CellTimeoutError) as e:
+            await self._lost(cell, cell_index, died=isinstance(e, DeadKernelError))
+            return
+        # an interrupted cell may leave the kernel busy (threads, forked children): never trust it again
+        if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
+            cell.outputs = [o for o in cell.outputs if o.get("ename") != "CellTimeoutError"]
+            await self._lost(cell, cell_index, died=False)
+
+    async def _lost(self, cell, cell_index: int, *, died: bool) -> None:
+        """``cell`` killed the kernel or ran too long: say so in it, then start a fresh kernel."""
+        what = ("the kernel died while running this cell (os._exit, exit(), a signal, a crash or too much memory)"
+                if died else "this cell ran past the time limit")
+        ename = "KernelDied" if died else "CellTimeoutError"
+        cell.outputs = list(cell.get("outputs", [])) + [NotebookNode(
+            output_type="error", ename=ename, evalue=f"{what}; the grader restarted the kernel for the next cells",
+            traceback=[f"{ename}: {what}"])]
+        self._killers.add(cell_index)
+        await self._revive(cell_index, what)
+
+    async def _revive(self, upto: int, what: str) -> None:
+        self._deaths += 1
+        if self._deaths > self.max_deaths:
+            raise DeadKernelError(f"the kernel was restarted {self.max_deaths} times; giving up")
+        self.log.warning("cell %d: %s; restarting the kernel and replaying the cells before", upto, what)
+        await self._async_cleanup_kernel()
+        self.km = self.create_kernel_manager()
+        await self.async_start_new_kernel()
+        await self.async_start_new_kernel_client()
+        self._bound = {}
+        for index, earlier in enumerate(self.nb.cells[:upto]):
+            if earlier.cell_type != "code" or index in self._killers:
+                continue
+            gid = _gid(earlier)
+            if gid in self._plan:  # a test cell: bind its objects again, as the first time
+                if gid in self._where and any(c.hidden for c in self._plan[gid].checks):
+                    await self._bind(self._plan[gid], index)
+                continue
+            if not earlier.source.strip():
+                continue
+            kept = (earlier.get("outputs", []), earlier.get("execution_count"))
+            try:
+                await super().async_execute_cell(earlier, index, store_history=False)
+            except (DeadKernelError, CellTimeoutError):
+                # it ran before; now it kills the kernel: skip it too and start over
+                self._killers.add(index)
+                earlier.outputs, earlier.execution_count = kept
+                await self._revive(upto, what)
+                return
+            earlier.outputs, earlier.execution_count = kept
+
+    async def _call(self, source: str, cell_index: int) -> tuple[str | None, str | None]:
+        """Run grader code in the kernel: ``(value, None)`` with the text it returned, or ``(None, why not)``.
+
+        What the code prints goes nowhere: the scratch cell is dropped. If it
+        kills the kernel, a fresh one replays the cells before ``cell_index``.
+        """
+        scratch = new_code_cell(source)
+        at = min(cell_index, len(self.nb.cells) - 1)
+        original = self.nb.cells[at]  # nbclient puts the cell it ran at its index: put the real one back
+        try:
+            await super().async_execute_cell(scratch, at, store_history=False)
+        except (DeadKernelError, CellTimeoutError) as e:
+            self.nb.cells[at] = original
+            died = isinstance(e, DeadKernelError)
+            await self._revive(cell_index, "a check killed the kernel" if died else "a check ran past the time limit")
+            return None, "kernel-died" if died else "timeout"
+        self.nb.cells[at] = original
+        if any(o.get("ename") == "CellTimeoutError" for o in scratch.outputs):
+            await self._revive(cell_index, "a check ran past the time limit")
+            return None, "timeout"
+        errors = [o for o in scratch.outputs if o.get("output_type") == "error"]
+        if errors:
+            return None, "error:" + str(errors[-1].get("ename", ""))[:80]
+        results = [o for o in scratch.outputs if o.get("output_type") == "execute_result"]
+        text = results[-1].get("data", {}).get("text/plain") if results else None
+        if not isinstance(text, str) or len(text) > J.MAX_RECORD:
+            return None, "no-result"
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None, "no-result"
+        return (value, None) if isinstance(value, str) else (None, "no-result")
+
+    async def _bind(self, cell: P.CellPlan, cell_index: int) -> None:
+        _, problem = await self._call(_bind_source(cell), cell_index)
+        self._bound[cell.cell] = problem
+
+    async def _test_cell(self, cell, cell_index: int, gid: str) -> None:
+        plan = self._plan[gid]
+        for check in plan.checks:
+            if not check.hidden:
+                text, problem = await self._call(check.call_source(), cell_index)
+                self._verdicts[gid].append(J.verdict(check, text, problem))
+        self._where[gid] = cell_index
+        if any(c.hidden for c in plan.checks):  # after the visible checks: a fresh kernel replays up to here
+            await self._bind(plan, cell_index)
+        cell.outputs = J.cell_outputs(self._verdicts[gid])
+        cell.execution_count = None
+
+    async def _hidden_checks(self) -> None:
+        """After the learner's last cell: the hidden checks of every test cell, on the objects bound there."""
+        end = len(self.nb.cells)  # a kernel that dies here is replayed with every cell
+        for gid, plan in self._plan.items():
+            if gid not in self._where:
+                continue
+            for check in plan.checks:
+                if not check.hidden:
+                    continue
+                problem = self._bound.get(gid, "not-bound")
+                text = None
+                if problem is None:
+                    text, problem = await self._call(check.call_source(bound=gid), end)
+                self._verdicts[gid].append(J.verdict(check, text, problem))
+            self.nb.cells[self._where[gid]].outputs = J.cell_outputs(self._verdicts[gid])
+
+
+class BoundOutputs(NbGraderPreprocessor):
+    """Every output of every cell cut to a size a page can show (after the judge and nbgrader's LimitOutput).
+
+    nbgrader's LimitOutput counts lines; one line of 20 MB (an exception's
+    message, say) passes it. This cuts each text of an output (stream text,
+    an error's value and traceback lines, a result's plain text) to
+    :attr:`max_chars`, and drops the rich data of outputs past
+    :attr:`max_cell_chars` in a cell.
+    """
+
+    max_chars = Integer(10_000, help="Characters kept of one output's text").tag(config=True)
+    max_cell_chars = Integer(100_000, help="Characters of output kept per cell").tag(config=True)
+
+    def _cut(self, text):
+        if not isinstance(text, str) or len(text) <= self.max_chars:
+            return text
+        return text[: self.max_chars] + f"\n... [output cut: {len(text) - self.max_chars} more characters]"
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code":
+            return cell, resources
+        total, kept = 0, []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = self._cut(out.get("text", ""))
+                size = len(out["text"])
+            elif out.get("output_type") == "error":
+                out["evalue"] = self._cut(out.get("evalue", ""))
+                tb = [self._cut(line) for line in out.get("traceback", [])[:100]]
+                out["traceback"] = tb
+                size = len(out["evalue"]) + sum(len(t) for t in tb)
+            else:
+                data = out.get("data", {})
+                size = sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in data.values())
+                if size > self.max_cell_chars:
+                    out["data"] = {"text/plain": f"[output of {size} characters not kept]"}
+                    size = len(out["data"]["text/plain"])
+                elif "text/plain" in data:
+                    data["text/plain"] = self._cut(data["text/plain"])
+            if total + size > self.max_cell_chars:
+                kept.append(NotebookNode(output_type="stream", name="stdout",
+                                         text="... [further output of this cell not kept]\n"))
+                break
+            total += size
+            kept.append(out)
+        cell.outputs = kept
+        return cell, resources
