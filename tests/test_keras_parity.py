@@ -101,7 +101,7 @@ DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="f
 MOMENTA = [pytest.param(0.99, id="momentum0.99"), pytest.param(0.8, id="momentum0.8")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_scenario(axis, shape, dtype, momentum, kind="shifted", eps=EPS):
     """A bnlib layer (train mode) and a Keras layer (``training=True``) on the same STEPS batches,
     then one inference call and one frozen call (``trainable=False``, ``training=True``).
@@ -113,8 +113,8 @@ def training_scenario(axis, shape, dtype, momentum, kind="shifted", eps=EPS):
     ``frozen_*`` the four results of those calls and the statistics after them;
     ``frozen_expected`` the inference formula with the moving statistics.
     """
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     rng = np.random.default_rng(20261124)
     gamma, beta = make_affine(rng, shape[axis], dtype)

@@ -157,7 +157,7 @@ def test_functional_running_stats_match_torch_batch_norm_after_five_steps(torch,
 
 
 # ------------------------------------------------------------- layer ----
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_scenario(name, shape, dtype, momentum, kind="shifted", eps=1e-5):
     """Train a bnlib layer and a torch module side by side for STEPS batches, then one eval call.
 

@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 bn = keras.layers.BatchNormalization()             # features on the last axis

@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 
 # The same 300 batches, moved to channels-last (N, H, W, C) for Keras.
 rng = np.random.default_rng(0)

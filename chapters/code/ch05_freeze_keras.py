@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 
 rng = np.random.default_rng(0)
 x = (5 * rng.normal(size=(32, 4)) + 12).astype("float32")

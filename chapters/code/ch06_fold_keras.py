@@ -1,5 +1,6 @@
-import numpy as np
 import keras
+import numpy as np
+
 import bnlib
 
 keras.utils.set_random_seed(0)

@@ -1,4 +1,5 @@
 import torch
+
 import bnlib
 
 torch.manual_seed(0)

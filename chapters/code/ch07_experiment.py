@@ -31,9 +31,9 @@ from itertools import product
 
 import numpy as np
 import torch
-from torch import nn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from bnlib import StandardScaler
 
@@ -71,8 +71,13 @@ def load_data(test_size: float = 0.25, split_seed: int = 0) -> Data:
         digits.data, digits.target, test_size=test_size,
         random_state=split_seed, stratify=digits.target)
     scaler = StandardScaler().fit(x_tr)
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32)
-    as_y = lambda a: torch.tensor(a, dtype=torch.int64)
+
+    def as_x(a):
+        return torch.tensor(a, dtype=torch.float32)
+
+    def as_y(a):
+        return torch.tensor(a, dtype=torch.int64)
+
     return Data(as_x(scaler.transform(x_tr)), as_y(y_tr),
                 as_x(scaler.transform(x_te)), as_y(y_te))
 
