@@ -123,7 +123,9 @@ def scale_affine(lay: Layout, xhat3, inv_std, gamma, beta, out3) -> None:
 
 def grad_input(lay: Layout, g3, xhat3, mean_g, mean_gx, k, dx3) -> None:
     """``dx3 = k * (g3 - (xhat3 * mean_gx + mean_g))``."""
-    for g, h, mg, mgx, kk, d in zip(lay.parts(g3), lay.parts(xhat3), lay.tile(mean_g), lay.tile(mean_gx), lay.tile(k), lay.parts(dx3), strict=True):
+    for g, h, mg, mgx, kk, d in zip(
+        lay.parts(g3), lay.parts(xhat3), lay.tile(mean_g), lay.tile(mean_gx), lay.tile(k), lay.parts(dx3), strict=True
+    ):
         np.multiply(h, mgx, out=d)
         np.add(d, mg, out=d)
         np.subtract(g, d, out=d)

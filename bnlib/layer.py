@@ -103,7 +103,9 @@ class BatchNorm:
         if momentum is _DEFAULT:
             momentum = self.convention.momentum
         if momentum is None and not self.convention.allows_cumulative:
-            raise ValueError(f"momentum=None (cumulative average) exists only in PyTorch; got it with the {self.convention.name} convention")
+            raise ValueError(
+                f"momentum=None (cumulative average) exists only in PyTorch; got it with the {self.convention.name} convention"
+            )
         self.momentum = None if momentum is None else _checks.momentum_value(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
@@ -125,12 +127,12 @@ class BatchNorm:
         self.running_var = np.ones(self.num_features, self.dtype)
         self.num_batches_tracked = 0
 
-    def train(self, mode: bool = True) -> "BatchNorm":
+    def train(self, mode: bool = True) -> BatchNorm:
         """Training mode: batch statistics, running statistics updated. Returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> "BatchNorm":
+    def eval(self) -> BatchNorm:
         """Inference mode: running statistics, nothing updated. Returns self."""
         return self.train(False)
 
@@ -206,7 +208,7 @@ class BatchNorm:
 
     # --------------------------------------------------------- PyTorch ----
     @classmethod
-    def from_torch(cls, module) -> "BatchNorm":
+    def from_torch(cls, module) -> BatchNorm:
         """A layer with the configuration, weights, statistics and mode of a PyTorch batch norm.
 
         Parameters
@@ -295,7 +297,7 @@ class BatchNorm:
 
     # ----------------------------------------------------------- Keras ----
     @classmethod
-    def from_keras(cls, layer) -> "BatchNorm":
+    def from_keras(cls, layer) -> BatchNorm:
         """A layer with the configuration and weights of a built ``keras.layers.BatchNormalization``.
 
         Keras has no mode on the layer (``training`` is an argument of each
