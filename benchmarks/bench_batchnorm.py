@@ -57,26 +57,26 @@ meaningless. PyTorch's allocations are not visible to tracemalloc and are not re
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
 import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
 
 # bnlib's reductions may reach BLAS (``vecdot`` uses its dot product); pin BLAS
 # to one thread so that it cannot quietly add a core. Before numpy is imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402 - after the BLAS thread settings above, which it reads when imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bnlib  # noqa: E402
+import bnlib  # noqa: E402 - from this checkout: after its folder is put on sys.path
 
 EPS = 1e-5
 FULL_SHAPES = [(4096, 1024), (64, 64, 32, 32)]
@@ -104,7 +104,9 @@ def naive_backward(dout, cache):
     dbeta = dout.sum(axis=axes)
     dgamma = (dout * xhat).sum(axis=axes)
     dxhat = dout * gamma
-    dx = (1.0 / n) * inv_std * (n * dxhat - dxhat.sum(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
+    dx = (1.0 / n) * inv_std * (
+        n * dxhat - dxhat.sum(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True)
+    )
     return dx, dgamma, dbeta
 
 
@@ -182,10 +184,8 @@ def peak_extra_memory(fn, x, dout, gamma, beta):
 
 
 def thread_counts(arg):
-    if arg:
-        counts = [int(t) for t in arg.split(",")]
-    else:
-        counts = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    default = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    counts = [int(t) for t in arg.split(",")] if arg else default
     if any(t < 1 for t in counts) or 1 not in counts:
         raise SystemExit(f"--threads must be a comma-separated list of counts >= 1 that includes 1; got {arg!r}")
     return counts
@@ -195,7 +195,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=15, help="timed repeats per implementation (median reported; default 15)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per implementation first (default 2)")
-    p.add_argument("--threads", default=None, help="torch thread counts, comma-separated (default: 1,2 on a machine with >= 2 cores, else 1)")
+    p.add_argument(
+        "--threads", default=None, help="torch thread counts, comma-separated (default: 1,2 on a machine with >= 2 cores, else 1)"
+    )
     p.add_argument("--quick", action="store_true", help=f"tiny shapes {QUICK_SHAPES}, for the smoke test")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this path")
     args = p.parse_args(argv)
@@ -228,7 +230,10 @@ def main(argv=None):
     results = []
     for shape in shapes:
         x, dout, gamma, beta = make_inputs(shape)
-        impls = {"bnlib": lambda: run_bnlib(x, dout, gamma, beta), "naive": lambda: run_naive(x, dout, gamma, beta)}
+        impls = {
+            "bnlib": functools.partial(run_bnlib, x, dout, gamma, beta),
+            "naive": functools.partial(run_naive, x, dout, gamma, beta),
+        }
         setups = {"bnlib": lambda: None, "naive": lambda: None}
         for t in threads:
             setups[f"torch[{t}]"], impls[f"torch[{t}]"] = torch_runner(torch, x, dout, gamma, beta, t)
@@ -298,7 +303,8 @@ def main(argv=None):
         cpu_ms = "" if r["cpu_median_ms"] is None else f"{r['cpu_median_ms']:.2f}"
         cpu_ratio = "" if r["cpu_ratio_to_torch_1"] is None else f"{r['cpu_ratio_to_torch_1']:.2f}"
         print(
-            f"{str(tuple(r['shape'])):<18} {r['impl']:<9} {r['threads']:>7} {r['median_ms']:>8.2f} {r['min_ms']:>7.2f} {cpu_ms:>7} "
+            f"{str(tuple(r['shape'])):<18} {r['impl']:<9} {r['threads']:>7} {r['median_ms']:>8.2f} {r['min_ms']:>7.2f} "
+            f"{cpu_ms:>7} "
             f"{r['ratio_to_torch_same_threads']:>17.2f} {cpu_ratio:>12} {r['ratio_to_naive']:>10.2f} {mem:>15}"
         )
     print()
@@ -306,7 +312,11 @@ def main(argv=None):
     for shape in shapes:
         rows = {r["impl"]: r for r in results if tuple(r["shape"]) == shape}
         b = rows["bnlib"]
-        line = {"shape": list(shape), "bnlib_over_naive": b["median_ms"] / rows["naive"]["median_ms"], "naive_over_torch_1": rows["naive"]["median_ms"] / rows["torch[1]"]["median_ms"]}
+        line = {
+            "shape": list(shape),
+            "bnlib_over_naive": b["median_ms"] / rows["naive"]["median_ms"],
+            "naive_over_torch_1": rows["naive"]["median_ms"] / rows["torch[1]"]["median_ms"],
+        }
         for t in threads:
             line[f"bnlib_over_torch_{t}"] = b["median_ms"] / rows[f"torch[{t}]"]["median_ms"]
         line["bnlib_over_torch_1_cpu"] = b["cpu_ratio_to_torch_1"]
@@ -319,7 +329,10 @@ def main(argv=None):
         )
         for t in threads[1:]:
             print(f"ratio bnlib/torch[{t} threads] {tuple(shape)}: {line[f'bnlib_over_torch_{t}']:.2f} (bnlib stays on 1 thread)")
-        print(f"ratio bnlib/naive {tuple(shape)}: {line['bnlib_over_naive']:.2f}; naive/torch[1 thread]: {line['naive_over_torch_1']:.2f}")
+        print(
+            f"ratio bnlib/naive {tuple(shape)}: {line['bnlib_over_naive']:.2f}; "
+            f"naive/torch[1 thread]: {line['naive_over_torch_1']:.2f}"
+        )
         print(
             f"peak extra memory bnlib fwd+bwd {tuple(shape)}: {line['bnlib_peak_extra_memory_x']:.2f} x input "
             "(out, cache.xhat, dx and every temporary; x and dout not counted)"

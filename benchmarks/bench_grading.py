@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,14 +45,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-import nbformat  # noqa: E402
-
-from grading import course as C  # noqa: E402
-from grading.samples import CATALOG, answer_code, fill  # noqa: E402
+from grading import course as C  # noqa: E402 - needs this checkout on sys.path and the environment (above)
+from grading.samples import CATALOG, answer_code, fill  # noqa: E402 - needs this checkout on sys.path (above)
 
 QUICK = ["ch01-scaling", "ch02-forward", "ch03-backward", "ch04-running-stats"]
 HEAVY = ("tensorflow", "keras", "torch")
-PROBE = "import sys\nprint('HEAVY-MODULES', sorted(m for m in %r if m in sys.modules))" % (HEAVY,)
+PROBE = f"import sys\nprint('HEAVY-MODULES', sorted(m for m in {HEAVY!r} if m in sys.modules))"
 
 
 def make_class(dest: Path, students: int, assignments: list[str]) -> list[tuple[str, str, str]]:
@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     print(f"per-notebook time, (a) / (c): {t_a / t_c:.2f}x   (nbgrader's own overhead over executing the notebook)")
     print(f"per-notebook time, (a') / (c): {t_aj / t_c:.2f}x")
     per_b = t_b * min(args.jobs, os.cpu_count() or 1) / n  # process-seconds each notebook cost in (b)
-    print(f"per-notebook cost, (b) x jobs / (c): {per_b / (t_c / n):.2f}x   (target <= 1.5x; (b) adds judge, feedback and report)")
+    print(
+        f"per-notebook cost, (b) x jobs / (c): {per_b / (t_c / n):.2f}x   (target <= 1.5x; (b) adds judge, feedback and report)"
+    )
     print(f"wall per notebook, (b) / (c): {(t_b / n) / (t_c / n):.2f}x")
     total = 300 * 6
     print(f"\na class of 300 (x 6 assignments = {total} notebooks) would take ~{total * t_b / n / 60:.0f} min here "
