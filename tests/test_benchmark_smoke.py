@@ -61,7 +61,9 @@ def test_benchmark_quick_mode_exits_zero_and_reports_ratios_memory_and_json(tmp_
     assert set(data) == {"info", "results", "summary"}, f"expected keys info, results, summary; got {sorted(data)}"
     assert [tuple(s["shape"]) for s in data["summary"]] == bench.QUICK_SHAPES
     for s in data["summary"]:
-        for key in ("bnlib_over_torch_1", "bnlib_over_torch_1_cpu", "bnlib_over_naive", "naive_over_torch_1", "bnlib_peak_extra_memory_x"):
+        for key in (
+            "bnlib_over_torch_1", "bnlib_over_torch_1_cpu", "bnlib_over_naive", "naive_over_torch_1", "bnlib_peak_extra_memory_x"
+        ):
             assert key in s, f"expected {key!r} in the JSON summary; got {sorted(s)}"
             assert np.isfinite(s[key]) and s[key] > 0, f"expected a positive finite {key}; got {s[key]!r}"
     impls = {r["impl"] for r in data["results"]}
@@ -125,7 +127,9 @@ def test_forward_plus_backward_keeps_at_most_three_input_sized_arrays(shape, axi
     fwd = _peak_extra(forward) / x.nbytes
     total = _peak_extra(both) / x.nbytes
     assert 1.9 <= fwd <= 2.25, f"forward: expected out and xhat (2 input sizes) plus small scratch, got {fwd:.3f} input sizes"
-    assert 2.9 <= total <= 3.25, f"forward + backward: expected at most 3 input sizes (out, xhat, dx) plus small scratch, got {total:.3f}"
+    assert 2.9 <= total <= 3.25, (
+        f"forward + backward: expected at most 3 input sizes (out, xhat, dx) plus small scratch, got {total:.3f}"
+    )
 
 
 # ------------------------------------------------------------- accuracy ----
@@ -191,7 +195,9 @@ def test_fast_kernels_use_every_layout_path_the_accuracy_test_names():
         if long_rows:
             assert lay.main < shape3[0], f"{name}: expected leftover samples after the long rows (main={lay.main}, A={shape3[0]})"
     fortran = np.asfortranarray(np.zeros((300, 64)))[:, :, None]
-    assert not _kernels.Layout(fortran.shape, np.float64, fortran).long_rows, "non-contiguous input must fall back to broadcasting"
+    assert not _kernels.Layout(fortran.shape, np.float64, fortran).long_rows, (
+        "non-contiguous input must fall back to broadcasting"
+    )
 
 
 def test_float32_forward_and_backward_keep_float32_and_agree_with_float64_to_float32_tolerance():

@@ -80,7 +80,9 @@ def test_the_makefile_builds_the_book_with_warnings_as_errors_before_testing():
 
 @pytest.mark.parametrize("extension", ["sphinx_thebe", "sphinx.ext.intersphinx"])
 def test_extensions_that_load_from_the_network_are_left_out(extension):
-    assert extension not in SPHINX["extensions"], f"{extension} loads code or data from another host; found it in {SPHINX['extensions']}"
+    assert extension not in SPHINX["extensions"], (
+        f"{extension} loads code or data from another host; found it in {SPHINX['extensions']}"
+    )
 
 
 def test_mathjax_comes_from_the_installed_offline_package_not_a_cdn():

@@ -27,7 +27,10 @@ def test_gamma_or_beta_of_the_wrong_length_names_expected_and_received_shape(x, 
 
 def test_gamma_for_the_wrong_feature_axis_of_an_nhwc_batch_is_refused(rng):
     x = rng.standard_normal((2, 5, 5, 3))  # NHWC, but the default axis=1 sees C = 5
-    with pytest.raises(ValueError, match=re.escape("gamma must have shape (5,) to match x.shape[1] = 5") + r".*got gamma of shape \(3,\)"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("gamma must have shape (5,) to match x.shape[1] = 5") + r".*got gamma of shape \(3,\)",
+    ):
         bnlib.batchnorm_forward(x, np.ones(3), np.zeros(3))
 
 
@@ -44,7 +47,10 @@ def test_axis_out_of_range_names_the_valid_range_and_the_axis_received(x, axis):
 
 @pytest.mark.parametrize("axis", [0, -2])
 def test_axis_on_the_batch_dimension_is_refused_and_the_message_suggests_1_or_minus_1(x, axis):
-    with pytest.raises(ValueError, match=rf"axis={axis} is the batch axis of an input of shape \(4, 3\).*1 for \(N, C, \.\.\.\) or -1"):
+    with pytest.raises(
+        ValueError,
+        match=rf"axis={axis} is the batch axis of an input of shape \(4, 3\).*1 for \(N, C, \.\.\.\) or -1",
+    ):
         bnlib.batchnorm_forward(x, ONES, ZEROS, axis=axis)
 
 
@@ -64,12 +70,18 @@ def test_a_one_dimensional_input_is_refused_with_its_shape():
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
 def test_a_non_floating_input_names_the_dtype_expected_and_received(dtype):
     x = np.ones((4, 3), dtype=dtype)
-    with pytest.raises(TypeError, match=rf"x must have a real floating-point dtype \(float32 or float64\); got dtype {np.dtype(dtype)}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"x must have a real floating-point dtype \(float32 or float64\); got dtype {np.dtype(dtype)}",
+    ):
         bnlib.batchnorm_forward(x, ONES, ZEROS)
 
 
 def test_a_complex_input_is_refused_and_the_message_says_complex_is_unsupported(x):
-    with pytest.raises(TypeError, match=r"real floating-point dtype .*got dtype complex128 \(complex numbers are not supported\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"real floating-point dtype .*got dtype complex128 \(complex numbers are not supported\)",
+    ):
         bnlib.batchnorm_forward(x + 1j, ONES, ZEROS)
 
 
@@ -89,7 +101,10 @@ def test_an_object_that_is_not_an_array_is_refused_with_its_type():
 )
 def test_non_finite_input_raises_value_error_naming_it_and_its_index(x, bad, kind):
     x[2, 1] = bad
-    with pytest.raises(ValueError, match=rf"x must contain only finite numbers; got 1 {kind} value\(s\), the first at index \(2, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"x must contain only finite numbers; got 1 {kind} value\(s\), the first at index \(2, 1\)",
+    ):
         bnlib.batchnorm_forward(x, ONES, ZEROS)
 
 
@@ -118,7 +133,10 @@ def test_nan_in_dout_is_refused_naming_dout(x):
     _, cache = bnlib.batchnorm_forward(x, ONES, ZEROS)
     dout = np.ones_like(x)
     dout[3, 0] = np.nan
-    with pytest.raises(ValueError, match=r"dout must contain only finite numbers; got 1 NaN value\(s\), the first at index \(3, 0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dout must contain only finite numbers; got 1 NaN value\(s\), the first at index \(3, 0\)",
+    ):
         bnlib.batchnorm_backward(dout, cache)
 
 
@@ -239,7 +257,10 @@ def test_negative_running_variance_is_refused(x):
 # ------------------------------------------------------------- layer ----
 def test_layer_called_with_the_wrong_number_of_features_names_both(rng):
     bn = bnlib.BatchNorm(3)
-    with pytest.raises(ValueError, match=re.escape("x must have 3 features on axis 1, as this layer; got x of shape (4, 5) with 5 there")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("x must have 3 features on axis 1, as this layer; got x of shape (4, 5) with 5 there"),
+    ):
         bn(rng.standard_normal((4, 5)))
 
 

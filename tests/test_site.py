@@ -244,8 +244,12 @@ def test_the_page_check_notices_a_cdn_script_and_a_javascript_error(browser, tmp
     assert visit.foreign_requests == ["https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"], (
         f"expected the CDN request to be caught and blocked; recorded {visit.foreign_requests}"
     )
-    assert any("boom" in e for e in visit.console_errors), f"expected console.error('boom') to be recorded; got {visit.console_errors}"
-    assert any("undefined_function" in e for e in visit.page_errors), f"expected the ReferenceError to be recorded; got {visit.page_errors}"
+    assert any("boom" in e for e in visit.console_errors), (
+        f"expected console.error('boom') to be recorded; got {visit.console_errors}"
+    )
+    assert any("undefined_function" in e for e in visit.page_errors), (
+        f"expected the ReferenceError to be recorded; got {visit.page_errors}"
+    )
 
 
 @pytest.mark.parametrize("page_path", PAGES or ["(no built site)"])
