@@ -8,7 +8,7 @@ values differ per seed), and a right answer passes on all of them.
 import numpy as np
 import pytest
 
-from bnlib.checkers import CheckFailed, check_backward, check_forward, check_running_layer, check_scaler
+from bncheck.probes import CheckFailed, check_backward, check_forward, check_running_layer, check_scaler
 
 SEEDS = range(4)
 
@@ -315,7 +315,7 @@ def ng_by_h(f, x, dout, h=1e-5):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_right_numerical_gradient_passes(seed):
-    from bnlib.checkers import check_numerical_gradient
+    from bncheck.probes import check_numerical_gradient
 
     check_numerical_gradient(ng_right, seed=seed)
 
@@ -327,7 +327,7 @@ def test_right_numerical_gradient_passes(seed):
 )
 @pytest.mark.parametrize("seed", SEEDS)
 def test_wrong_numerical_gradient_is_diagnosed(wrong, mistake, seed):
-    from bnlib.checkers import check_numerical_gradient
+    from bncheck.probes import check_numerical_gradient
 
     with pytest.raises(CheckFailed) as info:
         check_numerical_gradient(wrong, seed=seed)

@@ -8,6 +8,7 @@ the seed), and accept the right answer on the same seeds.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 
@@ -21,8 +22,8 @@ import pytest
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
 
-from bnlib import framework_checkers as fc
-from bnlib.checkers import CheckFailed
+from bncheck import framework_probes as fc
+from bncheck.probes import CheckFailed
 
 SEEDS = (0, 1, 7)
 
@@ -300,14 +301,14 @@ def test_bnlib_imports_without_the_frameworks():
     import sys
 
     code = ("import sys; sys.modules['torch'] = None; sys.modules['keras'] = None; sys.modules['tensorflow'] = None\n"
-            "import bnlib, bnlib.framework_checkers")
+            "import bncheck, bncheck.framework_probes")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ------------------------------------------- recorded, then judged later ---
-# During grading the probe runs in the learner's kernel and only records what
-# the answer returned; the grader judges the record in its own process. Both
-# ways must give the same verdict.
+# ------------------------------------------- called by the grader, judged there ---
+# During grading the grader calls the probe in the learner's kernel
+# (bncheck.probes.grader_call), which returns the answer's arrays as text;
+# the grader judges them in its own process. Both ways must give the same verdict.
 RECORDED_CASES = [
     (fc.check_sequence_bn, seq_bn(), {}),
     (fc.check_sequence_bn, seq_bn(axis=1), {}),
@@ -347,94 +348,108 @@ def verdict_now(check, answer, **kwargs):
     return None
 
 
-def verdict_recorded(folder, check, answer, monkeypatch, **kwargs):
-    """The mistake named when the check only records (as in a graded kernel) and the grader judges later."""
-    from grading import judge
-    from bnlib import checkers
+def _listed(check, answer, **kwargs):
+    """(kind, params) of a check as the grader lists it (defaults filled in), without running it."""
+    from bncheck import probes
 
-    with monkeypatch.context() as m:
-        m.setenv(checkers.RECORD_ENV, str(folder))
-        check(answer, **kwargs)  # recording never raises: the verdict is the judge's
-    records = judge.read_records(folder)
-    assert len(records) == 1, f"expected one record in {folder}, found {len(records)}"
-    ((key, record),) = records.items()
-    message = judge._judge_one(key, record)
-    if message is None:
-        return None
-    assert message.startswith("["), f"a verdict must start with the mistake's name in brackets; got {message!r}"
-    return message[1:message.index("]")]
+    calls = []
+    probes._COLLECT = calls
+    try:
+        check(answer, **kwargs)
+    finally:
+        probes._COLLECT = None
+    ((kind, _, params),) = calls
+    return kind, json.dumps(params, sort_keys=True)
+
+
+def verdict_called(check, answer, **kwargs):
+    """The mistake named when the grader calls the probe (as in a graded kernel) and judges its reply."""
+    from bncheck import probes
+    from grading import judge
+    from grading.plan import Check
+
+    kind, params = _listed(check, answer, **kwargs)
+    reply = probes.grader_call(kind, (answer,), params)
+    v = judge.verdict(Check("test", 0, kind, ("answer",), params, hidden=False), reply)
+    assert v.passed == (v.mistake is None)
+    return v.mistake
 
 
 @pytest.mark.parametrize("seed", (0, 7))
-def test_a_recorded_check_judged_later_gives_the_in_process_verdict(seed, tmp_path, monkeypatch):
+def test_a_check_the_grader_calls_and_judges_gives_the_in_process_verdict(seed):
     names = []
     for i, (check, answer, kwargs) in enumerate(RECORDED_CASES):
         now = verdict_now(check, answer, seed=seed, **kwargs)
-        later = verdict_recorded(tmp_path / f"case{i:02d}", check, answer, monkeypatch, seed=seed, **kwargs)
-        assert later == now, f"case {i} ({check.__name__}): judged in-process {now!r}, recorded then judged {later!r}"
+        later = verdict_called(check, answer, seed=seed, **kwargs)
+        assert later == now, f"case {i} ({check.__name__}): judged in-process {now!r}, called then judged {later!r}"
         names.append(now)
     # the cases exercise right answers and wrong ones alike
     assert None in names and len({n for n in names if n}) >= 20, names
 
 
-def test_the_record_holds_plain_arrays_and_the_judge_rebuilds_the_rest(tmp_path, monkeypatch):
-    import json
+def test_the_reply_holds_plain_arrays_and_the_judge_rebuilds_the_rest():
+    from bncheck import probes
+    from grading import judge
 
-    from bnlib import checkers
-
-    monkeypatch.setenv(checkers.RECORD_ENV, str(tmp_path))
-    fc.check_fold_into_linear(fold, seed=0)
-    entry = json.loads((tmp_path / "00000.json").read_text())
-    assert entry["kind"] == "fold_into_linear" and entry["params"] == {"seed": 0} and entry["failure"] is None
-    assert set(entry["arrays"]) == {"has_bias", "weight", "bias", "out"}
-    for name in entry["arrays"].values():
-        arr = np.load(tmp_path / name, allow_pickle=False)
+    reply = probes.grader_call("fold_into_linear", (fold,), json.dumps({"seed": 0}))
+    results, failure = judge.decode(reply)
+    assert failure is None and set(results) == {"has_bias", "weight", "bias", "out"}
+    for name, arr in results.items():
         assert arr.dtype == np.float64, f"{name}: expected float64, received {arr.dtype}"
 
 
-def test_a_forged_record_is_judged_against_the_graders_own_setup(tmp_path, monkeypatch):
-    """A record whose numbers were tampered with fails: the judge computes the reference itself."""
+def test_a_forged_reply_is_judged_against_the_graders_own_setup():
+    """A reply whose numbers were tampered with fails: the judge computes the reference itself."""
+    from bncheck import probes
     from grading import judge
-    from bnlib import checkers
+    from grading.plan import Check
 
-    monkeypatch.setenv(checkers.RECORD_ENV, str(tmp_path))
-    fc.check_fold_into_linear(fold, seed=1)
-    path = next(tmp_path.glob("*-weight.npy"))
-    np.save(path, np.load(path) + 1.0, allow_pickle=False)
-    ((key, record),) = judge.read_records(tmp_path).items()
-    assert judge._judge_one(key, record).startswith("[wrong-values]")
+    reply = json.loads(probes.grader_call("fold_into_linear", (fold,), json.dumps({"seed": 1})))
+    results, _ = judge.decode(json.dumps(reply))
+    forged = probes.encode(results | {"weight": results["weight"] + 1.0}, None)
+    kind, params = _listed(fc.check_fold_into_linear, fold, seed=1)
+    v = judge.verdict(Check("test", 0, kind, ("fold",), params, hidden=False), forged)
+    assert not v.passed and v.mistake == "wrong-values", v
 
 
-def test_the_graded_kernels_bnlib_probes_without_the_judges(tmp_path):
-    """The jail's shim holds the probe modules only, and they record without any judge present."""
+def test_the_graded_kernels_bncheck_probes_without_the_judges(tmp_path):
+    """The jail's shim holds the probe modules only, and the grader's call works without any judge present."""
     import subprocess
     import sys
 
     from grading import jail
 
     jail.make_shim(tmp_path / "lib")
-    shipped = sorted(p.name for p in (tmp_path / "lib" / "bnlib").glob("*.py"))
-    assert shipped == ["__init__.py", "checkers.py", "framework_checkers.py"], shipped
+    shipped = sorted(p.name for p in (tmp_path / "lib" / "bncheck").glob("*.py"))
+    assert shipped == ["__init__.py", "framework_probes.py", "probes.py", "registry.py"], shipped
     code = (
-        "import bnlib, bnlib.framework_checkers as fc\n"
-        f"assert bnlib.__file__.startswith({str(tmp_path)!r}), bnlib.__file__\n"
-        "fc.check_param_counts(lambda i, h, o: (i * h + h + h * o + o + 2 * h, 2 * h), seed=0)\n"
-        "fc.check_param_counts(lambda i, h, o: (1, 2), seed=1)\n"
-        "import sys; assert 'bnlib._judge' not in sys.modules and 'bnlib._framework_judge' not in sys.modules\n"
+        "import json, bncheck, bncheck.probes as p\n"
+        f"assert bncheck.__file__.startswith({str(tmp_path)!r}), bncheck.__file__\n"
+        "r = p.grader_call('param_counts', (lambda i, h, o: (1, 2),), json.dumps({'seed': 1}))\n"
+        "assert json.loads(r)['results']['counts'][0] == [2], r\n"
+        "import sys; assert not [m for m in sys.modules if 'judge' in m or m.startswith('bnlib')], sorted(sys.modules)\n"
+        "try:\n    import bnlib\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('bnlib importable')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "BNLIB_CHECK_RECORD": str(tmp_path / "records")}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
-    assert len(list((tmp_path / "records").glob("*.json"))) == 2
+    # as in the jail: the shim first, no project folder, no editable-install finder
+    prelude = (
+        "import importlib, sys\n"
+        f"sys.path[:] = [{str(tmp_path / 'lib')!r}] + [p for p in sys.path if 'site-packages' in p or 'lib/python3' in p]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+        "importlib.invalidate_caches()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", prelude + code], check=True, env=env, cwd=tmp_path)
 
 
 def test_the_grader_lists_the_checks_of_the_framework_test_cells():
     from pathlib import Path
 
-    from grading import judge
+    from grading import plan
 
     root = Path(__file__).resolve().parent.parent / "solutions"
-    listed = {**judge.expected_checks(root / "ch05-keras" / "ch05-keras.ipynb"),
-              **judge.expected_checks(root / "ch06-pytorch" / "ch06-pytorch.ipynb")}
+    listed = {gid: [(c.kind, c.targets[0], c.params, c.hidden) for c in cell.checks]
+              for nb in ("ch05-keras", "ch06-pytorch")
+              for gid, cell in plan.plan(root / nb / f"{nb}.ipynb", b"s" * 32).items()}
     want = {"test-axis": ("sequence_bn", "make_sequence_bn"), "test-counts": ("param_counts", "param_counts"),
             "test-freeze": ("freeze_batchnorm", "freeze_batchnorm"), "test-predict": ("predict", "predict"),
             "test-port": ("keras_bn_to_torch", "keras_bn_to_torch"), "test-fold": ("fold_into_linear", "fold_into_linear")}
@@ -443,3 +458,4 @@ def test_the_grader_lists_the_checks_of_the_framework_test_cells():
         keys = listed[gid]
         assert len(keys) >= 2 and all(k[:2] == (kind, fn) for k in keys), (gid, keys)
         assert len(set(keys)) == len(keys), f"{gid}: a check is listed twice: {keys}"
+        assert any(k[3] for k in keys) and not all(k[3] for k in keys), f"{gid}: visible and hidden checks expected"
