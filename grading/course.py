@@ -37,6 +37,23 @@ def make_course(dest: Path, *, with_solutions: bool = True) -> Path:
 DB_TIMEOUT_S = 120
 
 
+def _find_tools() -> None:
+    """Put this Python's ``bin`` folder first on PATH when it is not there.
+
+    nbgrader creates a gradebook by running the ``alembic`` executable by
+    name; started as ``.venv/bin/python -m grading`` from a shell whose PATH
+    lacks the environment, it would fail with an opaque "generate_assignment
+    failed". The grader finds its own tools instead.
+    """
+    import os
+    import sys
+
+    tools = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if tools not in path.split(os.pathsep):
+        os.environ["PATH"] = tools + (os.pathsep + path if path else "")
+
+
 def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
     """``db_url`` with a sqlite busy timeout of ``timeout`` seconds (other databases unchanged).
 
@@ -58,6 +75,7 @@ def api(root: Path, **execute) -> NbGraderAPI:
     The one place the course's nbgrader API is built.
     """
     root = Path(root)
+    _find_tools()
     config = PyFileConfigLoader(CONFIG_NAME, path=str(root)).load_config()
     config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url)
     config.GradedExecute.course_root = str(root.resolve())
