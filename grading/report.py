@@ -5,37 +5,44 @@ common diagnosed mistakes, and one line for every submission that had a problem.
 from __future__ import annotations
 
 import collections
-import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from nbgrader.api import Gradebook  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 - pyplot after matplotlib.use("Agg")
+import nbformat  # noqa: E402 - after matplotlib.use: no backend is chosen before
+from nbgrader.api import Gradebook  # noqa: E402 - after matplotlib.use
 
-from . import course as C  # noqa: E402
+from .judge import failure_text, read_verdicts  # noqa: E402 - after matplotlib.use
 
-MISTAKE = re.compile(r"CheckFailed: \[([a-z0-9-]+)\]")
-# what an answer cell's failure says, for the report's "Points lost" lines
+# what an answer cell's failure means, by the error the executor wrote (grading.execute), for "Points lost"
 CELL_FAULTS = {
-    "KernelDied:": "the kernel died in this cell (restarted for the next cells)",
+    "KernelDied": "the kernel died in this cell (restarted for the next cells)",
     "CellTimeoutError": "this cell ran past the time limit and was interrupted",
     "MemoryError": "this cell ran out of memory (the jail's limit)",
 }
 
 
-def _first_error(text: str) -> str:
-    """The first ``Name: message`` line of a cell's outputs, shortened."""
-    for line in text.splitlines():
-        if re.match(r"^[A-Za-z_]\w*(Error|Failed|Exception|Died|Exit)\b", line) or line.startswith("CheckFailed"):
-            return line[:200]
-    return text.strip().splitlines()[0][:200] if text.strip() else "no output"
+def _cell_faults(root: Path, assignment: str, student: str) -> list[tuple[str, str]]:
+    """``(cell, error name)`` of every answer cell whose error is one of :data:`CELL_FAULTS`."""
+    found = []
+    for path in sorted((Path(root) / "autograded" / student / assignment).glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            meta = cell.metadata.get("nbgrader") or {}
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error" and out.get("ename") in CELL_FAULTS:
+                    found.append((meta.get("grade_id") or f"{i + 1}", out["ename"]))
+    return found
 
 
 def gather(root: Path, db_url: str, graded: list[tuple[str, str]]):
     """Scores, pass rates, diagnosed mistakes, and a line for every test that lost points
-    or answer cell that failed, for the submissions in ``graded``."""
+    or answer cell that failed, for the submissions in ``graded``.
+
+    Mistakes and messages come from the judge's verdicts (``verdicts/``, records
+    written by the grader), not from the text of the notebooks' outputs.
+    """
     rows, tests, mistakes = [], collections.defaultdict(lambda: [0, 0]), collections.Counter()
     lost: list[str] = []
     failing: dict[tuple[str, str], list[str]] = {}
@@ -51,15 +58,16 @@ def gather(root: Path, db_url: str, graded: list[tuple[str, str]]):
                 tests[(assignment, gid)][1] += 1
             failing[(assignment, student)] = [gid for gid, g in auto.items() if g.score < g.max_score]
     for assignment, student in graded:
-        outputs = C.autograded_outputs(root, assignment, student)
-        for gid, text in outputs.items():
-            for m in set(MISTAKE.findall(text)):
+        verdicts = read_verdicts(root, student, assignment)
+        for gid, vs in verdicts.items():
+            for m in sorted({v.mistake for v in vs if not v.passed}):
                 mistakes[(assignment, gid, m)] += 1
-            for marker, words in CELL_FAULTS.items():
-                if marker in text:
-                    lost.append(f"{student} / {assignment}: cell {gid}: {words}")
+        for gid, ename in _cell_faults(root, assignment, student):
+            lost.append(f"{student} / {assignment}: cell {gid}: {CELL_FAULTS[ename]}")
         for gid in failing.get((assignment, student), []):
-            lost.append(f"{student} / {assignment}: {gid} scored 0: {_first_error(outputs.get(gid, ''))}")
+            first = next((v for v in verdicts.get(gid, []) if not v.passed), None)
+            why = failure_text(first)[:200] if first else "no verdict recorded"
+            lost.append(f"{student} / {assignment}: {gid} scored 0: {why}")
     return rows, tests, mistakes, lost
 
 

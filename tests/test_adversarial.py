@@ -59,7 +59,7 @@ class Sub(np.ndarray):
 def visible_only() -> str:
     """Hard-code the visible test's expected answer (what a learner could copy from a classmate)."""
     from bnlib import batchnorm_backward, batchnorm_forward
-    from bnlib.checkers import backward_inputs
+    from bncheck.probes import backward_inputs
 
     dout, x, gamma, eps = backward_inputs(0)
     _, cache = batchnorm_forward(x, gamma, np.zeros(x.shape[1]), eps=eps)
@@ -75,13 +75,14 @@ CASES = {
     "ndarray-subclass": ({"answer-staged": liar(LIAR_CLASSES, "np.zeros(x.shape).view(Sub), np.zeros(x.shape[1]).view(Sub), "
                                                                "np.zeros(x.shape[1]).view(Sub)")}, {"test-staged"}, "test-staged"),
     "visible-only": ({"answer-staged": visible_only()}, {"test-staged"}, "test-staged"),
-    "patch-checker": ({"answer-staged": "import bnlib.checkers as c\nc.check_backward = lambda *a, **k: None\n" + WRONG_STAGED},
+    "patch-checker": ({"answer-staged": "import bncheck.probes as c\nc.check_backward = lambda *a, **k: None\n" + WRONG_STAGED},
                       {"test-staged", "test-closed"}, "[did-not-run]"),
     "patch-numpy": ({"answer-staged": "import numpy as np, builtins\nnp.allclose = lambda *a, **k: True\n"
                                       "np.testing.assert_allclose = lambda *a, **k: None\nbuiltins.AssertionError = KeyError\n"
                                       + WRONG_STAGED}, {"test-staged"}, "test-staged"),
-    "patch-bnlib": ({"answer-staged": "import bnlib, bnlib.checkers\nbnlib.checkers._plain = lambda v, **k: v\n"
-                                      "bnlib.checkers._close = lambda *a, **k: True\n" + WRONG_STAGED}, {"test-staged"}, "test-staged"),
+    "patch-probes": ({"answer-staged": "import bncheck.probes as p\np._plain = lambda v, **k: v\n"
+                                       "p._close = lambda *a, **k: True\np._call = lambda fn, *a, **k: fn(*a)\n"
+                                       + WRONG_STAGED}, {"test-staged"}, "test-staged"),
     "call-reference": ({"answer-staged": "from bnlib import batchnorm_backward as _ref\n" + STAGED}, {"test-staged"}, "test-staged"),
     "os-exit": ({"answer-staged": "import os\nos._exit(1)\n"}, {"test-staged"}, "test-staged"),
     "kill-kernel": ({"answer-staged": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"}, {"test-staged"}, "test-staged"),
@@ -138,6 +139,7 @@ def graded(tmp_path_factory):
     scores = {}
     with open(course / "grades.csv") as f:
         for row in csv.DictReader(f):
+            assert row["student_id"] not in scores, f"grades.csv has two rows for {row['student_id']}"
             scores[row["student_id"]] = float(row["raw_score"])
     return course, scores, (course / "report.md").read_text(), listener
 
@@ -216,8 +218,10 @@ def test_a_cheat_or_fault_scores_zero_where_it_cheats_and_full_marks_elsewhere(g
     for t in TESTS:
         want = 0.0 if t in zero else got[t][1]
         assert got[t][0] == want, f"{name}: {t} scored {got[t][0]}, expected {want}"
+    lines = [line for line in report.splitlines() if line.startswith(f"- {name} / ")]
+    lost = {t for t in TESTS for line in lines if f": {t} scored 0:" in line}
+    assert lost == zero, f"{name}: the report says {sorted(lost)} scored 0, expected {sorted(zero)}: {lines}"
     if fragment:
-        lines = [line for line in report.splitlines() if line.startswith(f"- {name} / ")]
         assert any(fragment in line for line in lines), f"{name}: no report line with {fragment!r} in {lines}"
 
 
@@ -247,6 +251,7 @@ def test_the_kernel_reads_and_writes_nothing_outside_its_sandbox_and_has_no_netw
 def test_the_gradebook_holds_exactly_one_submission_per_student(graded):
     course, scores, _, _ = graded
     expected = {"honest", "edit-tests", "snoop", *CASES}
-    assert set(scores) == expected
-    summary = json.dumps(sorted(scores))
-    assert len(scores) == len(expected), summary
+    assert set(scores) == expected, json.dumps(sorted(scores))  # the fixture refused a repeated student row
+    with C.Gradebook(C.api(course).coursedir.db_url) as gb:
+        subs = [(s.student.id, s.assignment.name) for a in gb.assignments for s in a.submissions]
+    assert sorted(subs) == sorted((s, A) for s in expected), subs

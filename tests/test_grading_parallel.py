@@ -147,7 +147,7 @@ def test_a_busy_gradebook_makes_a_writer_wait_instead_of_failing(tmp_path):
         with pytest.raises(Exception, match="database is locked"):
             with Gradebook(plain) as gb:  # nbgrader's URL: sqlite3's 5 s default, then an error
                 gb.add_student("impatient")
-        with Gradebook(G.grading_url(plain, 30)) as gb:  # the grading run's URL waits for the lock
+        with Gradebook(C.grading_url(plain, 30)) as gb:  # the grading run's URL waits for the lock
             gb.add_student("patient")
         waited = time.monotonic() - started
     finally:
@@ -159,9 +159,9 @@ def test_a_busy_gradebook_makes_a_writer_wait_instead_of_failing(tmp_path):
 
 
 def test_grading_url_adds_a_busy_timeout_to_sqlite_only():
-    assert G.grading_url("sqlite:////c/gradebook.db", 60) == "sqlite:////c/gradebook.db?timeout=60"
-    assert G.grading_url("sqlite:////c/gradebook.db?timeout=5", 60) == "sqlite:////c/gradebook.db?timeout=5"
-    assert G.grading_url("postgresql://host/db", 60) == "postgresql://host/db"
+    assert C.grading_url("sqlite:////c/gradebook.db", 60) == "sqlite:////c/gradebook.db?timeout=60"
+    assert C.grading_url("sqlite:////c/gradebook.db?timeout=5", 60) == "sqlite:////c/gradebook.db?timeout=5"
+    assert C.grading_url("postgresql://host/db", 60) == "postgresql://host/db"
 
 
 def test_two_jobs_give_every_submission_all_its_grades_once(clean_run):
@@ -175,7 +175,7 @@ def test_two_jobs_give_every_submission_all_its_grades_once(clean_run):
             "GROUP BY a.name, s.student_id").fetchall()
     assert duplicates == [], f"expected one grade per (notebook, cell); duplicated: {duplicates}"
     assert sorted(submissions) == sorted((a, s, 1) for a, s in expected_class()), submissions
-    api = G.grading_api(course)
+    api = C.api(course)
     for (a, s), (_, loses) in expected_class().items():
         scores = C.scores(api, a, s)
         assert set(scores) == graded_cells(a), f"{a}/{s}: expected grades for {sorted(graded_cells(a))}, received {sorted(scores)}"
@@ -271,7 +271,7 @@ def grade_or_crash(course_root, assignment, student, notebook):
 def test_a_worker_that_dies_costs_only_the_submission_it_was_grading(hand_ins, tmp_path):
     a = ASSIGNMENTS[0]
     course = C.make_course(tmp_path / "course")
-    C.generate(G.grading_api(course), [a])
+    C.generate(C.api(course), [a])
     work = [(a, s, (hand_ins / f"{s}_{a}.ipynb").read_text()) for s in ("ada", "blake")]
     work.insert(1, (a, CRASHER, work[0][2]))
     work += [(a, s, (hand_ins / f"{s}_{a}.ipynb").read_text()) for s in ("casey", "drew")]
@@ -281,7 +281,7 @@ def test_a_worker_that_dies_costs_only_the_submission_it_was_grading(hand_ins, t
     assert crashed["status"] == "autograde-failed" and "crashed on this submission" in crashed["message"], crashed
     others = {s: r["status"] for (_, s), r in results.items() if s != CRASHER}
     assert others == {s: "graded" for s in others}, f"expected every other submission graded; received {others}"
-    api = G.grading_api(course)
+    api = C.api(course)
     tests = {gid: v for gid, v in C.scores(api, a, "ada").items() if gid.startswith("test-")}
     assert tests and all(score == top for score, top in tests.values()), f"the right answer lost points: {tests}"
     assert not (course / G.INFLIGHT).exists()
