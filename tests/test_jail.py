@@ -26,10 +26,16 @@ CANARY = "BNCOURSE_TEST_SECRET"  # set in the grader's environment: no kernel ma
 PROBE = """
 import json, os, random, sys
 import numpy as np
-import bnlib
+import bncheck
+try:
+    import bnlib
+    bnlib_file = bnlib.__file__
+except ImportError:
+    bnlib_file = None
 report = {
     "uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(), "env": sorted(os.environ), "home": os.environ.get("HOME"),
-    "bnlib": sorted(n for n in dir(bnlib) if not n.startswith("_")), "bnlib_file": bnlib.__file__,
+    "bncheck": sorted(os.listdir(os.path.dirname(bncheck.__file__))), "bncheck_file": bncheck.__file__,
+    "bnlib_file": bnlib_file,
     "path": sys.path, "project_visible": os.path.exists(%(project)r),
     "grading_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "grading"),
     "numpy_random": np.random.rand(3).tolist(), "random": random.random(),
@@ -39,10 +45,9 @@ print("REPORT" + json.dumps(report))
 """
 
 
-async def _session(code: str, sandboxes: Path, now: bool = False) -> tuple[str, object]:
+async def _session(code: str, sandboxes: Path, now: bool = False, preload=()) -> tuple[str, object]:
     """Start a jailed kernel, run ``code``, shut the kernel down (``now``: killed); return (its output, its ForkedKernel)."""
-    km = jail.JailedKernelManager(kernel_name="python3")
-    os.environ[jail.JAIL_ENV] = str(sandboxes)
+    km = jail.JailedKernelManager(kernel_name="python3", sandbox_root=str(sandboxes), preload=list(preload))
     os.environ[CANARY] = "the instructor's token"
     try:
         await km.start_kernel()
@@ -55,20 +60,19 @@ async def _session(code: str, sandboxes: Path, now: bool = False) -> tuple[str, 
         kc.stop_channels()
         await km.shutdown_kernel(now=now)
     finally:
-        os.environ.pop(jail.JAIL_ENV, None)
         os.environ.pop(CANARY, None)
     return "".join(out), proc
 
 
-async def _run(code: str, sandboxes: Path) -> tuple[dict, object]:
+async def _run(code: str, sandboxes: Path, preload=()) -> tuple[dict, object]:
     """Run ``code`` in a jailed kernel; return (the JSON it printed after REPORT, its ForkedKernel)."""
-    text, proc = await _session(code, sandboxes)
+    text, proc = await _session(code, sandboxes, preload=preload)
     assert "REPORT" in text, f"the kernel printed no report; its output: {text!r}"
     return json.loads(text.split("REPORT", 1)[1]), proc
 
 
-def run(code: str, sandboxes: Path):
-    return asyncio.run(_run(code, sandboxes))
+def run(code: str, sandboxes: Path, preload=()):
+    return asyncio.run(_run(code, sandboxes, preload))
 
 
 def gone(pid: int, seconds: float = 5.0) -> bool:
@@ -83,17 +87,17 @@ def gone(pid: int, seconds: float = 5.0) -> bool:
 
 
 def check_common(report: dict, sandboxes: Path) -> None:
-    assert set(report["bnlib"]) <= {"checkers", "framework_checkers"}, (
-        f"expected the probe-only shim bnlib; the kernel's bnlib offers {report['bnlib']}")
-    assert "batchnorm_forward" not in report["bnlib"]
-    assert report["bnlib_file"].startswith(str(sandboxes)), f"expected the shim from the sandbox; received {report['bnlib_file']}"
+    shipped = [f for f in report["bncheck"] if f.endswith(".py")]
+    assert sorted(shipped) == ["__init__.py", "framework_probes.py", "probes.py", "registry.py"], (
+        f"expected the probe-only bncheck; the kernel's bncheck holds {report['bncheck']}")
+    assert report["bncheck_file"].startswith(str(sandboxes)), f"expected the shim from the sandbox; received {report['bncheck_file']}"
+    assert report["bnlib_file"] is None, f"the reference implementation is importable in the kernel: {report['bnlib_file']}"
     assert report["cwd"].startswith(str(sandboxes))
     assert not any(p.startswith(str(jail.PROJECT) + os.sep) and ".venv" not in p or p == str(jail.PROJECT) for p in report["path"]), (
         f"the project folder is on the kernel's sys.path: {report['path']}")
     assert report["grading_loaded"] == [], f"grading modules left in the kernel: {report['grading_loaded']}"
     assert CANARY not in report["env"], "the kernel inherited a variable of the grader's environment"
     assert report["home"] == report["cwd"], f"expected HOME to be the sandbox; received {report['home']}"
-    assert "BNLIB_CHECK_RECORD" in report["env"]
 
 
 @pytest.mark.skipif(not FULL, reason=f"the jail's namespaces are not available here: {jail.isolation()}")
@@ -148,13 +152,9 @@ def _cmdline(p: Path) -> bytes:
 def test_the_jail_refuses_a_kernel_it_cannot_jail(tmp_path):
     """Only this Python's IPython kernel is forked from the zygote; anything else is refused, in words."""
     async def go():
-        km = jail.JailedKernelManager(kernel_name="python3")
+        km = jail.JailedKernelManager(kernel_name="python3", sandbox_root=str(tmp_path))
         km.kernel_spec.argv = ["/bin/sh", "-c", "sleep 1"]
-        os.environ[jail.JAIL_ENV] = str(tmp_path)
-        try:
-            await km.start_kernel(extra_arguments=[])
-        finally:
-            os.environ.pop(jail.JAIL_ENV, None)
+        await km.start_kernel(extra_arguments=[])
 
     with pytest.raises(RuntimeError, match="IPython kernel only"):
         asyncio.run(go())
@@ -170,10 +170,8 @@ def test_only_assignments_that_import_a_framework_get_it_preloaded(tmp_path, mon
     assert jail.preload_for(ch06) == ("keras", "torch")
     monkeypatch.setenv("BNCOURSE_PRELOAD_FRAMEWORKS", "0")
     assert jail.preload_for(ch06) == (), "the instructor's switch did not turn preloading off"
-    monkeypatch.delenv(jail.PRELOAD_ENV, raising=False)
     plain, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
     assert plain["frameworks"] == [], f"a numpy-only kernel came with {plain['frameworks']} imported"
-    monkeypatch.setenv(jail.PRELOAD_ENV, "torch")
-    preloaded, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path)
+    preloaded, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path, preload=["torch"])
     assert preloaded["frameworks"] == ["torch"], f"expected torch already imported; received {preloaded['frameworks']}"
     check_common(preloaded, tmp_path)
