@@ -88,24 +88,20 @@ def stock_api(course: Path):
 def run_sequential_nbgrader(course: Path, src: Path, work, stock: bool) -> float:
     """(a) or (a'): place every notebook, generate the assignments, then time NbGraderAPI.autograde one by one."""
     C.make_course(course)
-    api = stock_api(course) if stock else C.api(course)
+    sandboxes = Path(tempfile.mkdtemp(prefix="bench-jail-"))  # the jailed kernels' sandboxes, removed below
+    api = stock_api(course) if stock else C.api(course, sandbox_root=str(sandboxes))
     C.generate(api, sorted({a for a, _, _ in work}))
     for a, s, _ in work:
         dest = course / "submitted" / s / a
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / f"{s}_{a}.ipynb", dest / f"{a}.ipynb")
-    from grading import jail
-
     failed = 0
-    sandboxes = Path(tempfile.mkdtemp(prefix="bench-jail-"))
-    os.environ[jail.JAIL_ENV] = str(sandboxes)  # the kernels' sandboxes go here, removed below
     try:
         t = time.perf_counter()
         for a, s, _ in work:
             failed += not api.autograde(a, s).get("success")
         elapsed = time.perf_counter() - t
     finally:
-        os.environ.pop(jail.JAIL_ENV, None)
         shutil.rmtree(sandboxes, ignore_errors=True)
     if failed:
         print(f"  (a) warning: {failed} autograde calls failed")
