@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     if args.roster:
         roster = {K.student_id(line) for line in args.roster.read_text().splitlines() if line.strip()}
     try:
-        subs, problems = K.collect(args.submissions, known, roster)
+        subs, problems = K.collect(args.submissions, known, roster, cell_meta)  # sanitized and checked for nbgrader
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,7 +71,6 @@ def main(argv=None) -> int:
     sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}
     records, work, notes = {}, [], []
     for sub in subs:
-        sub.notes += K.sanitize(sub.notebook, cell_meta[sub.assignment])
         notes += [f"{sub.student} / {sub.assignment}: {n}" for n in sub.notes]
         text = nbformat.writes(sub.notebook)
         text += "" if text.endswith("\n") else "\n"
