@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -320,6 +323,154 @@ def test_an_old_nbformat_is_converted_with_the_same_ids_every_run(tmp_path):
     second, _ = outcome(tmp_path / "two", old)
     assert first is not None and "converted from nbformat 3 to 4" in first.notes, lines
     assert nbformat.writes(first.notebook) == nbformat.writes(second.notebook)
+
+
+# Zips: the archive's own timestamps, nothing left behind, no unsafe members ----------------------
+
+
+def _member(name: str, date_time, data: str | bytes = "", mode: int = 0o100644) -> tuple[zipfile.ZipInfo, str | bytes]:
+    info = zipfile.ZipInfo(name, date_time=date_time)
+    info.external_attr = mode << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info, data
+
+
+def _zip(path: Path, members) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in members:
+            zf.writestr(info, data)
+    return path
+
+
+BLANK = nbformat.writes(fill(C.PROJECT, A, None))
+ANSWERED = nbformat.writes(fill(C.PROJECT, A, answer_code(A)))
+
+
+def _answered(sub) -> bool:
+    return any(c.source == ANSWER for c in sub.notebook.cells)
+
+
+def test_in_a_zip_the_newer_notebook_is_chosen_by_the_archives_timestamps(tmp_path):
+    """The newer version comes first in the archive, so extraction order (and file times after extraction) disagree."""
+    archive = _zip(tmp_path / "class.zip", [
+        _member(f"bob_{A}.ipynb", (2024, 3, 2, 10, 0, 0), ANSWERED),  # newer, first in the archive
+        _member(f"bob/{A}.ipynb", (2024, 3, 1, 9, 0, 0), BLANK),  # older, last in the archive
+        _member(f"ada_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+    ])
+    subs, problems = run(archive)
+    bob = [s for s in subs if s.student == "bob"]
+    assert len(bob) == 1 and _answered(bob[0]), "graded the older notebook"
+    lines = [p.line() for p in problems if p.student == "bob"]
+    assert len(lines) == 1, lines
+    assert (f"graded 'bob_{A}.ipynb' (saved 2024-03-02 10:00:00), ignored 'bob/{A}.ipynb' (saved 2024-03-01 09:00:00); "
+            "the newer by the archive's timestamps") in lines[0], lines
+
+
+def test_in_a_zip_a_member_name_twice_is_two_versions_and_the_newer_is_graded(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        archive = _zip(tmp_path / "class.zip", [
+            _member(f"bob_{A}.ipynb", (2024, 3, 2, 10, 0, 0), ANSWERED),
+            _member(f"bob_{A}.ipynb", (2024, 3, 1, 9, 0, 0), BLANK),
+            _member(f"ada_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+        ])
+    subs, problems = run(archive)
+    bob = [s for s in subs if s.student == "bob"]
+    assert len(bob) == 1 and _answered(bob[0]), "graded the older notebook"
+    assert any("the newer by the archive's timestamps" in p.message for p in problems if p.student == "bob"), problems
+
+
+def test_in_a_zip_equal_timestamps_grade_the_one_later_in_the_archive(tmp_path):
+    same = (2024, 3, 2, 10, 0, 0)
+    archive = _zip(tmp_path / "class.zip", [
+        _member(f"bob_{A}.ipynb", same, BLANK),
+        _member(f"bob/{A}.ipynb", same, ANSWERED),
+    ])
+    subs, problems = run(archive)
+    assert _answered(next(s for s in subs if s.student == "bob"))
+    assert any("both saved 2024-03-02 10:00:00: graded the one later in the archive" in p.message for p in problems), problems
+
+
+def test_in_a_folder_the_newer_notebook_is_chosen_by_modification_time(tmp_path):
+    folder = tmp_path / "class"
+    (folder / "bob").mkdir(parents=True)
+    (folder / "bob" / f"{A}.ipynb").write_text(BLANK)
+    (folder / f"bob_{A}.ipynb").write_text(ANSWERED)
+    os.utime(folder / "bob" / f"{A}.ipynb", (1_700_000_000, 1_700_000_000))
+    os.utime(folder / f"bob_{A}.ipynb", (1_700_100_000, 1_700_100_000))
+    subs, problems = run(folder)
+    assert _answered(next(s for s in subs if s.student == "bob"))
+    assert any("the newer by the files' modification times" in p.message and f"graded 'bob_{A}.ipynb'" in p.message
+               for p in problems), [p.line() for p in problems]
+
+
+def test_collecting_a_zip_leaves_no_extracted_folder_behind(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    archive = _zip(tmp_path / "class.zip", [_member(f"ada_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED)])
+    subs, _ = run(archive)
+    assert [s.student for s in subs] == ["ada"]
+    assert list(scratch.iterdir()) == [], "collection left files behind"
+    assert str(subs[0].source) == f"ada_{A}.ipynb", "the source should be the path inside the archive"
+
+
+def test_unsafe_zip_members_are_problem_lines_and_the_rest_is_graded(tmp_path):
+    archive = _zip(tmp_path / "class.zip", [
+        _member(f"ada_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+        _member(f"../evil_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+        _member(f"/abs_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+        _member(f"link_{A}.ipynb", (2024, 3, 1, 8, 0, 0), "/etc/passwd", mode=stat.S_IFLNK | 0o777),
+        _member(f"dir_{A}.ipynb/", (2024, 3, 1, 8, 0, 0), "", mode=stat.S_IFDIR | 0o755),
+    ])
+    subs, problems = run(archive)
+    assert [s.student for s in subs] == ["ada"]
+    lines = sorted(p.line() for p in problems)
+    assert any(line.startswith("evil / ") and "leaves the archive's folder" in line for line in lines), lines
+    assert any(line.startswith("abs / ") and "leaves the archive's folder" in line for line in lines), lines
+    assert any(line.startswith("link / ") and "a symbolic link, not a file" in line for line in lines), lines
+    assert any(line.startswith("dir / ") and "a folder named like a notebook" in line for line in lines), lines
+
+
+def test_a_huge_zip_member_is_refused_without_inflating_it(tmp_path):
+    limit = getattr(K, "MAX_NOTEBOOK_BYTES", 20 * 2**20)
+    archive = _zip(tmp_path / "class.zip", [
+        _member(f"ada_{A}.ipynb", (2024, 3, 1, 8, 0, 0), ANSWERED),
+        _member(f"bob_{A}.ipynb", (2024, 3, 1, 8, 0, 0), b" " * (limit + 1)),
+    ])
+    subs, problems = run(archive)
+    assert [s.student for s in subs] == ["ada"]
+    assert any(p.student == "bob" and "a notebook may have" in p.message for p in problems), [p.line() for p in problems]
+
+
+def test_a_file_that_is_not_a_zip_is_an_error_for_the_whole_input(tmp_path):
+    bad = tmp_path / "class.zip"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match="not a readable zip file"):
+        K.collect(bad, KNOWN, cell_meta=CELL_META)
+
+
+def test_symbolic_links_and_notebook_named_folders_in_a_folder_are_problem_lines(tmp_path):
+    folder = class_folder(tmp_path / "class", ANSWERED)
+    secret = tmp_path / "secret.ipynb"
+    secret.write_text(ANSWERED)
+    (folder / f"carol_{A}.ipynb").symlink_to(secret)
+    (folder / f"dana_{A}.ipynb").mkdir()
+    subs, problems = run(folder)
+    assert sorted(s.student for s in subs) == ["ada", "bob"]
+    lines = [p.line() for p in problems]
+    assert any(line.startswith("carol / ") and "a symbolic link" in line for line in lines), lines
+    assert any(line.startswith("dana / ") and "a folder named like a notebook" in line for line in lines), lines
+
+
+def test_a_pipe_in_the_folder_is_a_problem_line_not_a_hang(tmp_path):
+    folder = class_folder(tmp_path / "class", ANSWERED)
+    os.mkfifo(folder / f"erin_{A}.ipynb")
+    subs, problems = run(folder)
+    assert sorted(s.student for s in subs) == ["ada", "bob"]
+    assert any(p.student == "erin" and "not a regular file" in p.message for p in problems), [p.line() for p in problems]
 
 
 # The property: any mutation of a real notebook is graded as a valid notebook or reported ----------
