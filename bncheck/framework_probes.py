@@ -29,9 +29,11 @@ nbgrader gives 0 to a test cell that does.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from .probes import CheckFailed, _call, _plain, _run, _seed
+from .probes import CheckFailed, _array_state, _call, _changed_message, _differences, _plain, _run, _seed, _values
 
 __all__ = [
     "check_sequence_bn",
@@ -46,6 +48,93 @@ __all__ = [
 def _flags(values) -> np.ndarray:
     """Booleans as a float64 array of 0.0 and 1.0 (records hold arrays only)."""
     return np.array([1.0 if v else 0.0 for v in values], dtype=np.float64).reshape(-1)
+
+
+# ------------------------------------------------- inputs left unchanged ---
+def _is_setting(value) -> bool:
+    """A plain setting: a number, flag, string or None, or a list or tuple of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_setting(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _tensor_state(path: str, t) -> dict:
+    """A torch tensor's dtype, shape, device and requires_grad (compared exactly) and its values
+    (within a few units in the last place of its own dtype)."""
+    torch = _torch()
+    data = t.detach().cpu()
+    if data.is_floating_point() or data.is_complex():
+        eps = float(torch.finfo(data.real.dtype if data.is_complex() else data.dtype).eps)
+        values = data.to(torch.complex128 if data.is_complex() else torch.float64).numpy()
+    else:
+        eps, values = None, data.numpy()
+    return {(path, "dtype"): str(t.dtype), (path, "shape"): tuple(t.shape), (path, "device"): str(t.device),
+            (path, "requires_grad"): bool(t.requires_grad), (path, "values"): _values(values, eps)}
+
+
+def _torch_path(name: str) -> str:
+    """A dotted name of ``named_modules()`` or ``named_parameters()`` as Python reaches it: ``"1.weight"`` -> ``"[1].weight"``."""
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in name.split(".")) if name else ""
+
+
+def _module_state(module) -> dict:
+    """A torch module's snapshot: the ``training`` flag and plain settings (eps, momentum, ...)
+    of every submodule, and every parameter and buffer, by the names torch gives them."""
+    state = {}
+    for name, m in module.named_modules():
+        path = _torch_path(name)
+        state[(path, "training")] = bool(m.training)
+        for attr, value in vars(m).items():
+            if not attr.startswith("_") and attr != "training" and _is_setting(value):
+                state[(path, attr)] = value
+    for named in (module.named_parameters(), module.named_buffers()):
+        for name, t in named:
+            state.update(_tensor_state(_torch_path(name), t))
+    return state
+
+
+def _keras_state(obj) -> dict:
+    """A Keras layer's or model's snapshot: ``trainable`` and plain settings (momentum, epsilon, ...)
+    of it and of each of its layers, and each weight's dtype, shape, trainable flag and values."""
+    state = {}
+
+    def visit(layer, path):
+        state[(path, "trainable")] = bool(layer.trainable)
+        try:
+            config = layer.get_config()
+        except Exception:  # noqa: BLE001 - a layer without a config: its flags and weights still count
+            config = {}
+        for attr, value in config.items():
+            if attr not in ("name", "trainable") and _is_setting(value):
+                state[(path, attr)] = value
+        for i, sub in enumerate(getattr(layer, "layers", None) or ()):
+            visit(sub, f"{path}.layers[{i}]")
+
+    visit(obj, "")
+    for i, w in enumerate(obj.weights):
+        path = f".{w.name}" if getattr(obj, str(w.name), None) is w else f".weights[{i}]"
+        state[(path, "dtype")] = str(w.dtype)
+        state[(path, "shape")] = tuple(int(d) for d in w.shape)
+        state[(path, "trainable")] = bool(w.trainable)
+        state[(path, "values")] = _values(_knp(w))
+    return state
+
+
+def _snapshot(obj) -> dict | None:
+    """What a learner's function must leave as it was in an argument (see :func:`bncheck.probes._call`):
+    a numpy array, a torch tensor or module, a Keras layer or model; None for any other object.
+    A framework object exists only once its framework was imported, so none is imported here."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        return _module_state(obj)
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return _tensor_state("", obj)
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(obj, keras.layers.Layer):
+        return _keras_state(obj)
+    if isinstance(obj, np.ndarray):
+        return _array_state(obj)
+    return None
 
 
 # =============================================================== Keras ====
@@ -309,16 +398,31 @@ def check_predict(fn, *, seed: int = 0, start_training: bool = True) -> None:
         torch = _torch()
         model, x = predict_setup(seed, start_training)
         n_out = model[3].out_features
+
+        def judged():  # the records the judge compares with the model as it was
+            return (state_vector(model), _flags(p.requires_grad for p in model.parameters()),
+                    _flags(m.training for m in model.modules()))
+
+        before, seen = _snapshot(model), judged()
         result = _call(fn, model, x, what="your predict")
         if isinstance(result, torch.Tensor):
             raise CheckFailed("predict returned a torch tensor; return a numpy array: "
                               "tensor.detach().numpy() (or compute under torch.no_grad())", "returned-tensor")
-        return {
+        results = {
             "out": _plain(result, what="the predictions", shape=(x.shape[0], n_out)),
             "state_after": state_vector(model),
             "requires_grad_after": _flags(p.requires_grad for p in model.parameters()),
             "modes_after": _flags(m.training for m in model.modules()),
         }
+        # A changed state, requires_grad or mode is the judge's to name (forgot-eval, changed-requires-grad,
+        # mode-not-restored: putting the mode back is part of this task); a change the judge cannot see
+        # in those records (a dtype, a device, a parameter added or gone) is named here.
+        changes = _differences(before, _snapshot(model), "model")
+        if changes and all(np.array_equal(a, b) for a, b in zip(seen, judged())):
+            raise CheckFailed(_changed_message("your predict", "model", changes, "Leave the model as it was handed "
+                                               "to you: convert the input to the model's dtype and device, not the "
+                                               "model to the input's."), "modified-input")
+        return results
 
     _run("predict", (fn,), params, probe)
 
@@ -344,7 +448,8 @@ def check_keras_bn_to_torch(fn, *, seed: int = 0) -> None:
 
     The ported module must carry gamma, beta and the moving statistics, Keras's
     epsilon, and the momentum in PyTorch's convention (``1 - keras momentum``);
-    in eval mode it must give Keras's inference-mode outputs.
+    in eval mode it must give Keras's inference-mode outputs. The Keras layer must
+    come back unchanged: its weights, settings and trainable flags.
     """
     seed = _seed(seed)
     params = {"seed": seed}
@@ -353,11 +458,8 @@ def check_keras_bn_to_torch(fn, *, seed: int = 0) -> None:
         torch = _torch()
         layer, x = port_setup(seed)
         C = x.shape[1]
-        before = [w.copy() for w in layer.get_weights()]
-        module = _call(fn, layer, what="keras_bn_to_torch")
-        if any(not np.array_equal(b, a) for b, a in zip(before, layer.get_weights())):
-            raise CheckFailed("keras_bn_to_torch changed the Keras layer's weights; it must only read them",
-                              "modified-input")
+        module = _call(fn, layer, what="keras_bn_to_torch", unchanged=_snapshot,
+                       advice="It must only read the Keras layer: its weights, settings and trainable flags.")
         if module is None:
             raise CheckFailed("keras_bn_to_torch returned None: did you forget a `return` statement?", "returned-none")
         if not isinstance(module, torch.nn.BatchNorm1d):
@@ -412,11 +514,10 @@ def check_fold_into_linear(fn, *, seed: int = 0) -> None:
         torch = _torch()
         linear, bn, x = fold_setup(seed)
         n_in, n_out = linear.in_features, linear.out_features
-        states = (_state(linear), _state(bn))
-        folded = _call(fn, linear, bn, what="fold_into_linear")
-        if not (_same_state(states[0], _state(linear)) and _same_state(states[1], _state(bn))):
-            raise CheckFailed("fold_into_linear changed `linear` or `bn`; build a new Linear layer and leave both "
-                              "inputs as they were", "modified-input")
+        folded = _call(fn, linear, bn, what="fold_into_linear", unchanged=_snapshot,
+                       advice="Build a new Linear layer and leave both inputs as they were (their mode, dtype, "
+                              "requires_grad and values); if you switch one to eval mode, put it back with "
+                              ".train(was_training).")
         if folded is None:
             raise CheckFailed("fold_into_linear returned None: did you forget a `return` statement?", "returned-none")
         if not isinstance(folded, torch.nn.Linear):

@@ -169,16 +169,169 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-6, atol: float = 1e-8)
     return bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
 
 
-def _call(fn, *args, what: str, **kwargs):
-    """Call the learner's function on copies of ``args``; refuse in-place edits."""
+# ------------------------------------------------- inputs left unchanged ---
+#: A value the learner's function changed and put back by arithmetic (``x[i] += h``,
+#: then ``x[i] -= 2 * h``, then ``x[i] += h``) is off by a few rounding errors, each at
+#: most half a unit in the last place of the largest value involved; anything past
+#: ULPS units in the last place of the array's largest magnitude counts as a change.
+ULPS = 8
+
+
+class _Values:
+    """An array's contents in a snapshot; ``eps`` is its dtype's machine epsilon
+    (None for integers and booleans, which must come back exactly)."""
+
+    __slots__ = ("array", "eps")
+
+    def __init__(self, array: np.ndarray, eps: float | None):
+        self.array, self.eps = array, eps
+
+
+def _values(arr: np.ndarray, eps: float | None = None) -> _Values:
+    """A copy of ``arr``'s contents; ``eps`` defaults to that of its own floating dtype."""
+    arr = np.array(np.ndarray.view(arr, np.ndarray), copy=True)
+    if eps is None and arr.dtype.kind in "fc":
+        eps = float(np.finfo(arr.dtype).eps)
+    return _Values(arr, eps)
+
+
+def _array_state(arr: np.ndarray) -> dict:
+    """A numpy array's snapshot: dtype and shape, compared exactly, and its values."""
+    return {("", "dtype"): str(arr.dtype), ("", "shape"): tuple(arr.shape), ("", "values"): _values(arr)}
+
+
+def _value_change(before: _Values, after: _Values) -> str | None:
+    """How ``after`` differs from ``before`` beyond :data:`ULPS` units in the last place
+    of ``before``'s largest finite magnitude (NaN must stay NaN, inf must stay inf); None if it does not.
+    A change of shape is not reported here: the snapshot's ``shape`` entry reports it."""
+    b, a = before.array, after.array
+    if b.shape != a.shape:
+        return None
+    if b.dtype.kind not in "fc" and a.dtype.kind not in "fc":  # integers and booleans: exactly
+        bad = np.asarray(b != a)
+        if not bad.any():
+            return None
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        return (f"{int(bad.sum())} of {b.size} values changed (at index {i}: expected {b[i].item()!r}, "
+                f"received {a[i].item()!r})")
+    kind = np.complex128 if "c" in (b.dtype.kind, a.dtype.kind) else np.float64
+    b64, a64 = b.astype(kind), a.astype(kind)
+    finite = np.isfinite(b64)
+    scale = float(np.max(np.abs(b64[finite]), initial=0.0))
+    eps = before.eps if before.eps is not None else float(np.finfo(np.float64).eps)
+    tol = ULPS * eps * 2.0 ** np.floor(np.log2(scale)) if scale > 0 else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a64 - b64)
+        same = (a64 == b64) | (np.isnan(b64) & np.isnan(a64)) | (diff <= tol)
+    if same.all():
+        return None
+    bad = ~same
+    worst = np.where(bad, np.nan_to_num(diff, nan=np.inf), -1.0)
+    i = np.unravel_index(int(np.argmax(worst)), b.shape)
+    i = tuple(int(v) for v in i)
+    amount = f", by up to {float(worst[i]):.3g}" if np.isfinite(worst[i]) else ""
+    return (f"{int(bad.sum())} of {b.size} values changed{amount} (at index {i}: expected "
+            f"{b64[i].item()!r}, received {a64[i].item()!r}; allowed: {ULPS} units in the last place of the "
+            f"largest value, {tol:.3g})")
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN stays NaN
+    try:
+        return bool(type(a) is type(b) and a == b)
+    except Exception:  # noqa: BLE001 - an object whose comparison fails is not the same
+        return False
+
+
+def _differences(before: dict, after: dict, name: str) -> list[tuple[tuple[str, str], str]]:
+    """``(key, text)`` for each change between two snapshots of the argument ``name``.
+
+    A snapshot maps ``(path, attribute)`` to a plain value (compared exactly) or
+    :class:`_Values` (compared within :data:`ULPS`); ``path`` is the object's place
+    inside the argument (``""``, ``".weight"``, ``"[1].running_mean"``). An entry that
+    is gone counts as a change; a new entry counts only as part of a new object (a new
+    parameter, buffer, layer or weight), not as a new attribute of an existing one.
+    """
+    def where(path, attr):
+        return f"values of `{name}{path}`" if attr == "values" else f"`{name}{path}.{attr}`"
+
+    changes = []
+    old_paths = {path for path, _ in before}
+    new_paths = {path for path, _ in after}
+    gone = sorted(old_paths - new_paths)
+    for path in gone:
+        changes.append(((path, ""), f"`{name}{path}` is gone"))
+    for key, old in before.items():
+        if key[0] in gone:
+            continue
+        if key not in after:
+            changes.append((key, f"{where(*key)} is gone"))
+            continue
+        new = after[key]
+        if isinstance(old, _Values) and isinstance(new, _Values):
+            text = _value_change(old, new)
+            if text:
+                changes.append((key, f"{where(*key)}: {text}"))
+        elif not _same(old, new):
+            changes.append((key, f"{where(*key)}: expected {_show(old)}, received {_show(new)}"))
+    for path in sorted(new_paths - old_paths):
+        changes.append(((path, ""), f"`{name}{path}` was added"))
+    return changes
+
+
+def _changed_message(what: str, name: str, changes: list, advice: str = "") -> str:
+    shown = "; ".join(text for _, text in changes[:3])
+    more = f"; and {len(changes) - 3} more changes" if len(changes) > 3 else ""
+    return f"{what} changed its input `{name}`: {shown}{more}. {advice or 'It must leave its inputs as they were.'}"
+
+
+def _arg_names(fn, n: int) -> list[str]:
+    """The names ``fn`` gives its first ``n`` positional parameters (``args[i]`` where it gives none)."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except Exception:  # noqa: BLE001 - a learner's callable without a readable signature
+        params = []
+    return [params[i].name if i < len(params) else f"args[{i}]" for i in range(n)]
+
+
+def _call(fn, *args, what: str, unchanged=None, advice: str = "", **kwargs):
+    """Call the learner's function on copies of the array ``args``; refuse in-place edits.
+
+    Each numpy array is handed over as a copy, which must come back with the same
+    dtype and shape and with values within :data:`ULPS` units in the last place
+    (so an entry changed and put back by arithmetic counts as unchanged).
+    ``unchanged``, when given, snapshots any other argument that the function must
+    leave as it was (a torch module, a Keras layer: see
+    :func:`bncheck.framework_probes._snapshot`), or returns None for one it may
+    change; those arguments are handed over as they are. A change raises
+    ``CheckFailed(..., "modified-input")`` saying what changed; ``advice`` ends its message.
+    """
     copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+    def snapshot(a):
+        return _array_state(a) if isinstance(a, np.ndarray) else (unchanged(a) if unchanged else None)
+
+    before = [snapshot(a) for a in args]
     try:
         result = fn(*copies, **kwargs)
     except NotImplementedError:
         raise CheckFailed(f"{what} is not implemented yet (it raised NotImplementedError)", "not-implemented") from None
-    for before, after in zip(args, copies):
-        if isinstance(before, np.ndarray) and not np.array_equal(before, after):
-            raise CheckFailed(f"{what} modified its input arrays in place; it must leave them unchanged", "modified-input")
+    names = _arg_names(fn, len(args)) if any(old is not None for old in before) else []
+    for i, (old, arg) in enumerate(zip(before, copies)):
+        if old is None:
+            continue
+        name = names[i]
+        changes = _differences(old, snapshot(arg), name)
+        if changes:
+            raise CheckFailed(_changed_message(what, name, changes, advice), "modified-input")
     return result
 
 
@@ -247,9 +400,9 @@ def _run(kind: str, targets: tuple, params: dict, probe) -> None:
         _CAPTURE.append(_probe(probe))
         return
     results = probe()  # a learner's own exception reaches them with its traceback
-    from . import judges
+    from .registry import judge_function  # the judges load only here, never in a graded kernel
 
-    judges.judge(kind, params, results)
+    judge_function(kind)(params, results)
 
 
 def encode(results: dict, failure) -> str:
@@ -426,7 +579,8 @@ def check_numerical_gradient(fn, *, seed: int = 0) -> None:
 
     def probe():
         x, dout, h = numgrad_setup(seed)
-        grad = _call(fn, gradient_probe, x, dout, what="your numerical_gradient", h=h)
+        grad = _call(fn, gradient_probe, x, dout, what="your numerical_gradient", h=h,
+                     advice="You may change x while you work, but put every entry back before you return.")
         return {"grad": _plain(grad, what="the numerical gradient", shape=x.shape)}
 
     _run("numgrad", (fn,), params, probe)
