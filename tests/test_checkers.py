@@ -332,3 +332,180 @@ def test_wrong_numerical_gradient_is_diagnosed(wrong, mistake, seed):
     with pytest.raises(CheckFailed) as info:
         check_numerical_gradient(wrong, seed=seed)
     assert info.value.mistake == mistake, str(info.value)
+
+
+# ------------------------------ inputs changed and put back by arithmetic --
+# "Left the input unchanged" allows a few units in the last place: an entry changed
+# and put back by arithmetic (x[i] += h, ..., x[i] -= 2 * h, ..., x[i] += h) is off by
+# rounding only, and a right answer written that way must pass. A real change (a
+# float32 round trip, a shift of 1e-3, a new shape) is still caught, and the message
+# names what changed.
+MANY_SEEDS = range(60)
+
+
+def ng_restore_by_arithmetic(f, x, dout, h=1e-5):
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        x[i] += h
+        plus = np.sum(f(x) * dout)
+        x[i] -= 2 * h
+        minus = np.sum(f(x) * dout)
+        x[i] += h
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def ng_nditer(f, x, dout, h=1e-5):
+    """The np.nditer loop of many course notes, stepping the entry up, down and back."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        x[ix] += h
+        pos = np.sum(f(x) * dout)
+        x[ix] -= 2 * h
+        neg = np.sum(f(x) * dout)
+        x[ix] += h
+        grad[ix] = (pos - neg) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def ng_perturbation_array(f, x, dout, h=1e-5):
+    """Vectorized: a one-hot perturbation added to the whole array, then taken away."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = h
+        x += e
+        plus = np.sum(f(x) * dout)
+        x -= 2 * e
+        minus = np.sum(f(x) * dout)
+        x += e
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def ng_np_add_out(f, x, dout, h=1e-5):
+    """In place with ufuncs on a flat view: np.add(..., out=...) and np.subtract(..., out=...)."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for j in range(flat.size):
+        entry = flat[j:j + 1]
+        np.add(entry, h, out=entry)
+        plus = np.sum(f(x) * dout)
+        np.subtract(entry, 2 * h, out=entry)
+        minus = np.sum(f(x) * dout)
+        np.add(entry, h, out=entry)
+        gflat[j] = (plus - minus) / (2 * h)
+    return grad
+
+
+RESTORING = [ng_restore_by_arithmetic, ng_nditer, ng_perturbation_array, ng_np_add_out]
+
+
+@pytest.mark.parametrize("answer", RESTORING, ids=lambda f: f.__name__)
+def test_numerical_gradient_that_restores_x_by_arithmetic_passes_on_many_seeds(answer):
+    from bncheck.probes import check_numerical_gradient
+
+    for seed in MANY_SEEDS:
+        check_numerical_gradient(answer, seed=seed)
+
+
+def fwd_shift_and_restore(x, gamma, beta, eps):
+    mu, var = _stats(x, _red(x))
+    g, b = _affine(x, gamma, beta)
+    x -= mu
+    out = g * x / np.sqrt(var + eps) + b
+    x += mu
+    return out
+
+
+@pytest.mark.parametrize("layout", ["ND", "NCHW"])
+def test_forward_that_centres_x_in_place_and_restores_it_passes(layout):
+    for seed in MANY_SEEDS:
+        check_forward(fwd_shift_and_restore, seed=seed, layout=layout)
+
+
+def ng_nudged(f, x, dout, h=1e-5):
+    grad = ng_right(f, x, dout, h)
+    x[0, 0] += 1e-3
+    return grad
+
+
+def ng_float32_round_trip(f, x, dout, h=1e-5):
+    grad = ng_right(f, x, dout, h)
+    x[:] = x.astype(np.float32)
+    return grad
+
+
+def ng_reshaped(f, x, dout, h=1e-5):
+    grad = ng_right(f, x, dout, h)
+    x.shape = (x.size,)
+    return grad
+
+
+@pytest.mark.parametrize("answer, named", [
+    (ng_nudged, r"values of `x`: 1 of \d+ values changed, by up to 0\.001 \(at index \(0, 0\)"),
+    (ng_float32_round_trip, r"values of `x`: \d+ of \d+ values changed, by up to \d\.\d+e-0[78]"),
+    (ng_reshaped, r"`x\.shape`: expected \(\d, \d\), received \(\d+,\)"),
+    (ng_not_restored, r"values of `x`: \d+ of \d+ values changed, by up to (1e-05|0\.0001) "),
+], ids=lambda v: getattr(v, "__name__", "message"))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_real_change_of_the_input_is_caught_and_named(answer, named, seed):
+    from bncheck.probes import check_numerical_gradient
+
+    with pytest.raises(CheckFailed, match=named) as info:
+        check_numerical_gradient(answer, seed=seed)
+    assert info.value.mistake == "modified-input", str(info.value)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_forward_pass_that_centres_x_in_place_names_x(seed):
+    with pytest.raises(CheckFailed, match=r"your forward pass changed its input `x`: values of `x`") as info:
+        check_forward(fwd_in_place, seed=seed)
+    assert info.value.mistake == "modified-input"
+
+
+def test_unchanged_allows_a_few_ulps_of_the_arrays_scale_keeps_nan_and_compares_dtype_exactly():
+    from bncheck.probes import _call
+
+    x = np.array([[np.nan, 1e-300], [-3.0, 4.0]])
+    ulp = np.spacing(4.0)
+
+    def off_by(k):
+        def fn(a):
+            a[1, 0] += k * ulp
+        return fn
+
+    _call(off_by(8), x, what="f")  # 8 ulps of the largest magnitude (4.0): rounding
+    _call(off_by(-8), x, what="f")
+    with pytest.raises(CheckFailed, match=r"values of `a`: 1 of 4 values changed") as info:
+        _call(off_by(9), x, what="f")
+    assert info.value.mistake == "modified-input"
+
+    def fill_nan(a):
+        a[0, 0] = 0.0
+
+    with pytest.raises(CheckFailed, match=r"at index \(0, 0\): expected nan, received 0\.0"):
+        _call(fill_nan, x, what="f")
+
+    def reinterpret(a):
+        a.dtype = np.int64
+
+    with pytest.raises(CheckFailed, match=r"`a\.dtype`: expected float64, received int64"):
+        _call(reinterpret, x, what="f")
+
+    x32 = np.array([1.5, -2.25, 3.0], dtype=np.float32)
+
+    def restore32(a):
+        a += np.float32(1e-3)
+        a -= np.float32(1e-3)
+
+    _call(restore32, x32, what="f")  # float32 arithmetic, float32 units in the last place
+
+    def to_float64_rounding(a):
+        a[0] += np.float32(1e-5)
+
+    with pytest.raises(CheckFailed, match=r"values of `a`"):
+        _call(to_float64_rounding, x32, what="f")

@@ -459,3 +459,193 @@ def test_the_grader_lists_the_checks_of_the_framework_test_cells():
         assert len(keys) >= 2 and all(k[:2] == (kind, fn) for k in keys), (gid, keys)
         assert len(set(keys)) == len(keys), f"{gid}: a check is listed twice: {keys}"
         assert any(k[3] for k in keys) and not all(k[3] for k in keys), f"{gid}: visible and hidden checks expected"
+
+
+# ------------------------------------- the caller's objects left as they were ---
+# fold_into_linear and keras_bn_to_torch must change neither input: not a value, and
+# not a mode, a dtype, a requires_grad flag, a trainable flag or a setting either.
+# The message names what changed. Changing a module and putting it back passes.
+def fold_eval_not_restored(linear, bn):
+    bn.eval()
+    return fold(linear, bn)
+
+
+def fold_double(linear, bn):
+    linear.double()  # "to compute in float64"
+    return fold(linear, bn)
+
+
+def fold_frozen(linear, bn):
+    for p in list(linear.parameters()) + list(bn.parameters()):
+        p.requires_grad_(False)
+    return fold(linear, bn)
+
+
+def fold_default_eps_in_place(linear, bn):
+    bn.eps = 1e-5
+    return fold(linear, bn)
+
+
+def fold_drops_the_bias(linear, bn):
+    folded = fold(linear, bn)
+    linear.bias = None
+    return folded
+
+
+def fold_eval_then_restored(linear, bn):
+    was = bn.training, linear.training
+    bn.eval()
+    linear.eval()
+    try:
+        return fold(linear, bn)
+    finally:
+        bn.train(was[0])
+        linear.train(was[1])
+
+
+def fold_with_torch_fusion(linear, bn):
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    was = bn.training, linear.training
+    linear.eval()
+    bn.eval()
+    folded = fuse_linear_bn_eval(linear, bn)
+    bn.train(was[0])
+    linear.train(was[1])
+    return folded
+
+
+def fold_scaling_in_place_and_back(linear, bn):
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        linear.weight.mul_(s[:, None])
+        folded = torch.nn.Linear(linear.in_features, linear.out_features)
+        folded.weight.copy_(linear.weight)
+        folded.bias.copy_((linear.bias - bn.running_mean) * s + bn.bias)
+        linear.weight.div_(s[:, None])  # put back by arithmetic: off by rounding only
+    return folded
+
+
+FOLD_CHANGES = [
+    (fold_eval_not_restored, r"changed its input `bn`: `bn\.training`: expected True, received False"),
+    (fold_double, r"changed its input `linear`: `linear\.weight\.dtype`: expected torch\.float32, received torch\.float64"),
+    (fold_frozen, r"changed its input `linear`: `linear\.weight\.requires_grad`: expected True, received False"),
+    (fold_default_eps_in_place, r"changed its input `bn`: `bn\.eps`: expected [\d.]+, received 1e-05"),
+    (fold_drops_the_bias, r"changed its input `linear`: `linear\.bias` is gone"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, named", FOLD_CHANGES, ids=[a.__name__ for a, _ in FOLD_CHANGES])
+def test_fold_names_what_it_changed_in_the_callers_modules(seed, answer, named):
+    with pytest.raises(CheckFailed, match=named) as info:
+        fc.check_fold_into_linear(answer, seed=seed)
+    assert info.value.mistake == "modified-input", str(info.value)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer", [fold_eval_then_restored, fold_with_torch_fusion, fold_scaling_in_place_and_back],
+                         ids=lambda f: f.__name__)
+def test_fold_that_changes_its_inputs_and_puts_them_back_passes(seed, answer):
+    fc.check_fold_into_linear(answer, seed=seed)
+
+
+def port_freezing_the_layer(layer):
+    layer.trainable = False
+    return port(layer)
+
+
+def port_converting_momentum_in_place(layer):
+    layer.momentum = 1 - layer.momentum
+    bn = port(layer, momentum=False)  # momentum=layer.momentum, already converted
+    return bn
+
+
+def port_after_a_training_call(layer):
+    layer(np.ones((2, layer.gamma.shape[0]), dtype=np.float32), training=True)
+    return port(layer)
+
+
+PORT_CHANGES = [
+    (port_freezing_the_layer, r"changed its input `layer`: `layer\.trainable`: expected True, received False"),
+    (port_converting_momentum_in_place, r"changed its input `layer`: `layer\.momentum`: expected 0\.\d+, received 0\.\d+"),
+    (port_after_a_training_call, r"changed its input `layer`: values of `layer\.moving_mean`: \d of \d values changed"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, named", PORT_CHANGES, ids=[a.__name__ for a, _ in PORT_CHANGES])
+def test_keras_to_torch_names_what_it_changed_in_the_keras_layer(seed, answer, named):
+    with pytest.raises(CheckFailed, match=named) as info:
+        fc.check_keras_bn_to_torch(answer, seed=seed)
+    assert info.value.mistake == "modified-input", str(info.value)
+
+
+def predict_in_float64(model, x):
+    model.double()  # the caller's model is float64 from now on
+    return predict(model, x.astype(np.float64))
+
+
+def predict_in_float64_without_eval(model, x):
+    model.double()
+    with torch.no_grad():
+        return model(torch.from_numpy(x).double()).numpy()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("start_training", [True, False])
+def test_predict_names_a_model_converted_to_float64(seed, start_training):
+    with pytest.raises(CheckFailed, match=r"`model\[0\]\.weight\.dtype`: expected torch\.float32, "
+                       r"received torch\.float64") as info:
+        fc.check_predict(predict_in_float64, seed=seed, start_training=start_training)
+    assert info.value.mistake == "modified-input", str(info.value)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, mistake, start_training", [
+    (predict_in_float64_without_eval, "forgot-eval", True),  # the judge's diagnosis comes first
+    (predict_not_restored, "mode-not-restored", True),
+    (predict_requires_grad, "changed-requires-grad", False),
+])
+def test_predict_keeps_the_judges_diagnoses_of_mode_state_and_requires_grad(seed, answer, mistake, start_training):
+    assert diagnosis(fc.check_predict, answer, seed=seed, start_training=start_training) == mistake
+
+
+def test_unchanged_covers_torch_tensors_and_modules():
+    from bncheck.probes import _call
+
+    t = torch.tensor([1.5, -2.0, 3.0])
+
+    def flag(t):
+        t.requires_grad_(True)
+
+    with pytest.raises(CheckFailed, match=r"`t\.requires_grad`: expected False, received True"):
+        _call(flag, t, what="f", unchanged=fc._snapshot)
+
+    def nudge_and_back(t):
+        t += 1e-3
+        t -= 1e-3  # float32 rounding only
+
+    _call(nudge_and_back, torch.tensor([1.5, -2.1, 3.3]), what="f", unchanged=fc._snapshot)
+
+    def add_parameter(module):
+        module[1].extra = torch.nn.Parameter(torch.zeros(2))
+
+    with pytest.raises(CheckFailed, match=r"`module\[1\]\.extra` was added"):
+        _call(add_parameter, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), what="f",
+              unchanged=fc._snapshot)
+
+
+MODIFYING_CASES = [
+    (fc.check_fold_into_linear, fold_eval_not_restored, {}),
+    (fc.check_fold_into_linear, fold_double, {}),
+    (fc.check_fold_into_linear, fold_frozen, {}),
+    (fc.check_keras_bn_to_torch, port_freezing_the_layer, {}),
+    (fc.check_predict, predict_in_float64, {"start_training": False}),
+]
+
+
+@pytest.mark.parametrize("check, answer, kwargs", MODIFYING_CASES, ids=[a.__name__ for _, a, _ in MODIFYING_CASES])
+def test_a_changed_input_is_named_the_same_when_the_grader_calls_the_probe(check, answer, kwargs):
+    assert verdict_now(check, answer, seed=7, **kwargs) == "modified-input"
+    assert verdict_called(check, answer, seed=7, **kwargs) == "modified-input"
