@@ -2,7 +2,6 @@
 
 Paths are relative to this file, so the course works from any checkout.
 """
-import os
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
@@ -21,10 +20,11 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # kernel, jailed (grading/jail.py): its own sandbox, no instructor files, no
 # network, resource limits, and only bncheck's probes. The grader calls each
 # test's checks itself and judges them in its own process (grading/execute.py).
-c.ExecutePreprocessor.timeout = int(os.environ.get("BNCOURSE_CELL_TIMEOUT", "120"))
+# Per cell (and per check); the grading command's --timeout and --budget set
+# GradedExecute.timeout and GradedExecute.budget (the whole submission's time).
+c.ExecutePreprocessor.timeout = 120
 c.ExecutePreprocessor.interrupt_on_timeout = True
-c.GradedExecute.timeout = c.ExecutePreprocessor.timeout
-c.GradedExecute.kernel_manager_class = "grading.jail.JailedKernelManager"
+c.GradedExecute.kernel_manager_class = "grading.kernels.JailedKernelManager"
 # A deleted test or answer cell is put back from the gradebook (its locked
 # source), so deleting a test cannot leave the notebook "needs manual grade".
 c.OverwriteCells.add_missing_cells = True

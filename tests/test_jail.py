@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import sys
 import signal
 import time
 from pathlib import Path
@@ -175,3 +177,96 @@ def test_only_assignments_that_import_a_framework_get_it_preloaded(tmp_path, mon
     preloaded, _ = run(PROBE % {"project": "/nonexistent"}, tmp_path, preload=["torch"])
     assert preloaded["frameworks"] == ["torch"], f"expected torch already imported; received {preloaded['frameworks']}"
     check_common(preloaded, tmp_path)
+
+
+# ------------------------------------------------------- the allowlist view ---
+VIEW_PROBE = r"""
+import json, os, subprocess, sys
+out = {}
+sys.path.insert(0, %(other)r)
+try:
+    import bnlib
+    out["other_course"] = bnlib.__file__
+except ImportError as e:
+    out["other_course"] = None
+out["other_course_visible"] = os.path.exists(%(other)r)
+out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+out["cmdlines"] = [open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace") for p in out["pids"]]
+open("/dev/shm/%(shm)s", "w").write("x")
+out["shm"] = os.listdir("/dev/shm")
+out["tmp"] = os.listdir("/tmp")
+status = open("/proc/self/status").read()
+out["no_new_privs"] = [l for l in status.splitlines() if l.startswith("NoNewPrivs")][0].split()[1]
+try:
+    r = subprocess.run(["su", "-c", "id -u"], capture_output=True, text=True, timeout=10)
+    out["su"] = (r.returncode, r.stdout.strip())
+except Exception as e:
+    out["su"] = (None, type(e).__name__)
+for name in ("torch", "tensorflow", "keras", "jax"):
+    try:
+        __import__(name)
+        out[name] = "imported"
+    except ImportError as e:
+        out[name] = str(e)
+out["top"] = sorted(os.listdir("/"))
+out["root_home"] = sorted(os.listdir("/root")) if os.path.isdir("/root") else []
+try:
+    open("/usr/bin/bn-written", "w")
+    out["usr_writable"] = True
+except OSError:
+    out["usr_writable"] = False
+print("REPORT" + json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not FULL, reason=f"the jail's namespaces are not available here: {jail.isolation()}")
+def test_the_kernel_sees_only_what_the_allowlist_gives_it(tmp_path):
+    other = Path("/srv") / f"bn-other-course-{os.getpid()}"  # another copy of the course, outside any old hidden folder
+    (other / "bnlib").mkdir(parents=True)
+    (other / "bnlib" / "__init__.py").write_text("def batchnorm_forward(*a):\n    return 'the reference'\n")
+    shm = f"bn-jail-test-{os.getpid()}"
+    try:
+        text, _ = asyncio.run(_session(VIEW_PROBE % {"other": str(other), "shm": shm}, tmp_path))
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    assert "REPORT" in text, text
+    r = json.loads(text.split("REPORT", 1)[1])
+    assert r["other_course"] is None and not r["other_course_visible"], f"another copy of the course is readable: {r}"
+    assert r["pids"] == [1], f"the kernel sees processes besides its own: {r['pids']} {r['cmdlines']}"
+    assert r["shm"] == [shm] and not (Path("/dev/shm") / shm).exists(), "the kernel's /dev/shm is shared with the host"
+    # fresh: nothing but the way to its own sandbox, kept at the path the grader knows
+    assert r["tmp"] == [tmp_path.relative_to("/tmp").parts[0]], f"the kernel's /tmp is not fresh: {r['tmp']}"
+    assert r["no_new_privs"] == "1", r["no_new_privs"]
+    assert r["su"][1] != "0", f"a setuid program gave the kernel root: {r['su']}"
+    for name in ("torch", "tensorflow", "keras", "jax"):
+        assert r[name] != "imported" and ("numpy only" in r[name] or "No module named" in r[name]), (name, r[name])
+    assert "numpy only" in r["torch"], r["torch"]
+    # /root holds nothing but the way to the Python installation (pyenv's, on this machine)
+    ways = {p.parts[2] for p in map(Path, (sys.base_prefix, sys.prefix)) if p.parts[1:2] == ("root",)}
+    assert set(r["root_home"]) <= ways and not r["usr_writable"], r
+    assert set(r["top"]) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "tmp", "dev", "proc",
+                             "root", "work"} | {Path(sys.base_prefix).resolve().parts[1], Path(sys.prefix).parts[1]}, r["top"]
+
+
+def test_the_zygote_reports_each_kernels_real_exit_status(tmp_path):
+    """A kernel that exits with 7, or dies of a signal, is recorded so (the zygote reaps its children itself)."""
+    from grading.zygote import Zygote
+
+    for code, want in (("import os; os._exit(7)", 7), ("import ctypes; ctypes.string_at(0)", -signal.SIGSEGV)):
+        async def go(code=code):
+            km = jail.JailedKernelManager(kernel_name="python3", sandbox_root=str(tmp_path))
+            await km.start_kernel()
+            proc = km.provisioner.process
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            kc.execute(code)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+            return proc.returncode
+
+        assert asyncio.run(go()) == want, f"{code!r}: expected status {want}"
+    assert Zygote._instances, "the kernels did not come from a zygote"
