@@ -23,6 +23,8 @@ report as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ from pathlib import Path
 import nbformat
 from tqdm import tqdm
 
+from . import cleanup, logs
 from . import collect as K
 from . import course as C
 from . import report as R
@@ -44,16 +47,33 @@ def parse(argv):
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
                    help="notebooks graded at the same time (default: number of CPUs)")
     p.add_argument("--regrade", action="store_true", help="grade every submission again, ignoring the journal of earlier runs")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one cell (or one check) may run (default: 120)")
+    p.add_argument("--budget", type=float, default=300.0,
+                   help="seconds one submission may take in its kernels, all cells together (default: 300); past it "
+                        "the rest of that submission is not run, and the report says so")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs: expected a positive number of processes; got {args.jobs}")
+    for name in ("timeout", "budget"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name}: expected a positive number of seconds; got {getattr(args, name)}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    run = cleanup.start()  # every temporary folder of the run in one, removed even if the run is killed
+    try:
+        return _grade(args)
+    finally:
+        run.finish()
+
+
+def _grade(args) -> int:
     root = C.make_course(args.course)
-    api = G.grading_api(root)
+    log = root / logs.LOG_NAME
+    logs.to_file(log)
+    api = C.api(root)
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
     known = {a: set(meta) for a, meta in cell_meta.items()}
@@ -86,18 +106,24 @@ def main(argv=None) -> int:
                 journal.record(record | {"source": sources[record["assignment"]]})
             bar.update(1)
 
-        records |= G.grade_all(root, work, args.jobs, on_done=done)
+        settings = {"timeout": int(math.ceil(args.timeout)), "budget": args.budget}
+        records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
+                               init=functools.partial(logs.to_file, log))
     graded, failures = [], []
     for sub in subs:
         record = records[(sub.assignment, sub.student)]
         if record["status"] != "autograde-failed":
             graded.append((sub.assignment, sub.student))
-        if record["status"] != "graded":
+        if record["status"] == "over-budget":  # graded, in part: one line among the problems
+            problems.append(K.Problem(sub.student, sub.assignment, sub.source.name, record["message"]))
+        elif record["status"] != "graded":
             failures.append(K.Problem(sub.student, sub.assignment, sub.source.name, record["message"]))
     C.export_grades(api, root / "grades.csv")
     R.sort_csv(root / "grades.csv")
     rows, tests, mistakes, lost = R.gather(root, api.coursedir.db_url, graded)
-    report = R.write(root, rows, tests, mistakes, problems, notes, failures, lost)
+    report = R.write(root, rows, tests, mistakes, problems, notes, failures, lost, log=log)
+    for problem in failures + problems:  # one line per hand-in with a problem; the details are in the report
+        print(problem.line())
     if skipped:
         print(f"{skipped} of {len(subs)} notebooks were already graded in an earlier run (journal {journal.path}): not graded again")
     print(f"graded {len(graded)} of {len(subs)} notebooks; report: {report}; grades: {root / 'grades.csv'}; feedback: {root / 'feedback'}")

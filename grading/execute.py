@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -36,8 +37,9 @@ from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer, List, Unicode
+from traitlets import Float, Integer, List, Unicode
 
+from . import jail
 from . import judge as J
 from . import plan as P
 
@@ -61,18 +63,25 @@ class GradedExecute(Execute):
     sandbox_root = Unicode("", help="Folder for the kernels' sandboxes (a temporary folder when empty).").tag(config=True)
     preload = List(Unicode(), help="Frameworks the kernels' zygote imports before forking (the assignment's).").tag(config=True)
     max_deaths = Integer(3, help="Kernels that may die (or time out) in one notebook before grading gives up.").tag(config=True)
+    budget = Float(300.0, help="Wall-clock seconds one submission's cells may take, all together (and as much again "
+                               "for its hidden checks); past it the rest is not run and scores 0.").tag(config=True)
 
     # ---------------------------------------------------------------- setup
     def preprocess(self, nb, resources=None, km=None):
         info = (resources or {}).get("nbgrader", {})
         assignment, notebook, student = info["assignment"], info["notebook"], info["student"]
         root = Path(self.course_root or Path(info.get("db_url", "sqlite:///./x").split("///", 1)[-1]).parent)
-        self._plan = P.plan(root / "solutions" / assignment / f"{notebook}.ipynb", P.course_secret(root))
+        source = root / "solutions" / assignment / f"{notebook}.ipynb"
+        self._plan = P.plan(source, P.course_secret(root))
+        self._frameworks = bool(jail.frameworks_of(source))  # else the kernel cannot import them at all
         self._verdicts: dict[str, list[P.Verdict]] = {gid: [] for gid in self._plan}
         self._where: dict[str, int] = {}
         self._bound: dict[str, str | None] = {}  # test cell: None if its objects are bound, else why not
         self._killers: set[int] = set()
         self._deaths = 0
+        self._replaying = False
+        self._deadline = time.monotonic() + self.budget
+        self._over_budget: int | None = None  # the first cell not run for want of time
         try:
             nb, resources = super().preprocess(nb, resources, km)
         finally:
@@ -82,22 +91,36 @@ class GradedExecute(Execute):
     def create_kernel_manager(self):
         km = super().create_kernel_manager()
         if hasattr(km, "sandbox_root"):  # the jailed kernel manager takes this run's settings
-            km.sandbox_root, km.preload = self.sandbox_root, list(self.preload)
-            km.hide = [self.course_root] if self.course_root else []
+            km.sandbox_root, km.preload, km.frameworks = self.sandbox_root, list(self.preload), self._frameworks
         return km
 
     def _save(self, root: Path, student: str, assignment: str) -> None:
         path = root / VERDICTS_DIR / student / f"{assignment}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {gid: [v.to_json() for v in vs] for gid, vs in self._verdicts.items()}
+        data = {"cells": {gid: [v.to_json() for v in vs] for gid, vs in self._verdicts.items()},
+                "over_budget": None if self._over_budget is None else {"cell": self._over_budget, "budget": self.budget},
+                "kernel_deaths": self._deaths}
         tmp = path.with_suffix(".part")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(path)
 
     # ----------------------------------------------------------- execution
+    def _remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def _get_timeout(self, cell):
+        """nbclient's per-cell limit, cut to what is left of the submission's budget."""
+        base = super()._get_timeout(cell)
+        if self._replaying:  # cells that ran before, replayed in a fresh kernel: their own limit
+            return base
+        left = max(1, int(self._remaining()) + 1)
+        return left if base is None else min(base, left)
+
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         gid = _gid(cell)
-        if cell.cell_type == "code" and gid in self._plan:
+        if cell.cell_type == "code" and self._remaining() <= 0:
+            self._skip(cell, cell_index, gid)
+        elif cell.cell_type == "code" and gid in self._plan:
             await self._test_cell(cell, cell_index, gid)
         else:
             await self._learner_cell(cell, cell_index, execution_count, store_history)
@@ -106,6 +129,20 @@ class GradedExecute(Execute):
         return cell
 
     execute_cell = run_sync(async_execute_cell)
+
+    def _skip(self, cell, cell_index: int, gid: str | None) -> None:
+        """The submission's time is spent: ``cell`` does not run (a test cell's checks fail)."""
+        if self._over_budget is None:
+            self._over_budget = cell_index
+        what = f"not run: this submission used up its time budget of {self.budget:g} s before this cell"
+        if gid in self._plan:
+            self._where[gid] = cell_index
+            self._bound[gid] = "budget"
+            self._verdicts[gid] = [J.verdict(c, None, "budget") for c in self._plan[gid].checks]
+            cell.outputs = J.cell_outputs(self._verdicts[gid])
+        else:
+            cell.outputs = [NotebookNode(output_type="error", ename="BudgetExceeded", evalue=what,
+                                         traceback=[f"BudgetExceeded: {what}"])]
 
     async def _learner_cell(self, cell, cell_index, execution_count, store_history) -> None:
         try:
@@ -139,7 +176,16 @@ class GradedExecute(Execute):
         await self.async_start_new_kernel()
         await self.async_start_new_kernel_client()
         self._bound = {}
+        self._replaying = True
+        try:
+            await self._replay(upto, what)
+        finally:
+            self._replaying = False
+
+    async def _replay(self, upto: int, what: str) -> None:
         for index, earlier in enumerate(self.nb.cells[:upto]):
+            if self._over_budget is not None and index >= self._over_budget:
+                break  # cells after it never ran
             if earlier.cell_type != "code" or index in self._killers:
                 continue
             gid = _gid(earlier)
@@ -212,6 +258,7 @@ class GradedExecute(Execute):
     async def _hidden_checks(self) -> None:
         """After the learner's last cell: the hidden checks of every test cell, on the objects bound there."""
         end = len(self.nb.cells)  # a kernel that dies here is replayed with every cell
+        self._deadline = time.monotonic() + self.budget  # the hidden checks get a budget of their own
         for gid, plan in self._plan.items():
             if gid not in self._where:
                 continue
@@ -219,6 +266,10 @@ class GradedExecute(Execute):
                 if not check.hidden:
                     continue
                 problem = self._bound.get(gid, "not-bound")
+                if problem is None and self._remaining() <= 0:
+                    problem = "budget"
+                    if self._over_budget is None:
+                        self._over_budget = end
                 text = None
                 if problem is None:
                     text, problem = await self._call(check.call_source(bound=gid), end)

@@ -47,6 +47,7 @@ PROBLEMS = {  # why the grader's call gave no record
     "timeout": "your code ran past the time limit during this check",
     "not-bound": "the check could not run: the kernel died before it, or the test cell never ran",
     "no-result": "the check returned no result (did your code replace the display hook or the check itself?)",
+    "budget": "not run: the submission used up its time budget before this check",
 }
 HIDDEN_TEXT = ("failed on a hidden test (other shapes and values than the visible test). The name in brackets says "
                "what went wrong; run your function on other inputs than the visible ones and compare with the chapter.")
@@ -107,8 +108,8 @@ def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | 
             names = " and ".join(f"`{t}`" for t in check.targets)
             return "did-not-run", (f"the check could not call {names} ({ename}): run the cell that defines it, "
                                    "and keep its name")
-        return ("kernel-died" if problem == "kernel-died" else "timeout" if problem == "timeout" else "did-not-run",
-                PROBLEMS.get(problem, PROBLEMS["no-result"]))
+        mistake = problem if problem in ("kernel-died", "timeout", "budget") else "did-not-run"
+        return mistake, PROBLEMS.get(problem, PROBLEMS["no-result"])
     try:
         results, failure = decode(text)
     except Malformed as e:
@@ -150,13 +151,18 @@ def cell_outputs(verdicts: list[Verdict]) -> list:
                                     f"{len(failed)} of {len(verdicts)} checks of this test failed."])]
 
 
-def read_verdicts(course_root: Path, student: str, assignment: str) -> dict[str, list[Verdict]]:
-    """The verdicts saved by the grader for one submission (empty if none)."""
+def run_record(course_root: Path, student: str, assignment: str) -> dict:
+    """What the grader saved of one submission's run: ``cells`` (verdicts by test cell), ``over_budget``, ``kernel_deaths``."""
     path = Path(course_root) / "verdicts" / student / f"{assignment}.json"
     if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {gid: [Verdict(**v) for v in vs] for gid, vs in data.items()}
+        return {"cells": {}, "over_budget": None, "kernel_deaths": 0}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_verdicts(course_root: Path, student: str, assignment: str) -> dict[str, list[Verdict]]:
+    """The verdicts saved by the grader for one submission (empty if none)."""
+    cells = run_record(course_root, student, assignment)["cells"]
+    return {gid: [Verdict(**v) for v in vs] for gid, vs in cells.items()}
 
 
 def autograde(api, assignment: str, student: str) -> dict:

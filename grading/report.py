@@ -111,7 +111,7 @@ def plot_scores(rows, path: Path) -> None:
     plt.close(fig)
 
 
-def write(out: Path, rows, tests, mistakes, problems, notes, failures, lost=()) -> Path:
+def write(out: Path, rows, tests, mistakes, problems, notes, failures, lost=(), log: Path | None = None) -> Path:
     """Write ``report.md`` and ``scores.png`` into ``out``; return the report's path."""
     out.mkdir(parents=True, exist_ok=True)
     plot_scores(rows, out / "scores.png")
@@ -120,6 +120,7 @@ def write(out: Path, rows, tests, mistakes, problems, notes, failures, lost=()) 
 
     lines += [f"{len(rows)} submissions autograded; {len(failures)} could not be autograded; "
               f"{len(problems)} other problems.", "", f"Kernel isolation: {isolation()}.", "",
+              *([f"Warnings and messages of the libraries: `{log.name}` in the course folder.", ""] if log else []),
               "![score distribution](scores.png)", ""]
     lines += ["## Scores", "", "| assignment | student | autograded | total so far |", "|---|---|---|---|"]
     lines += [f"| {a} | {s} | {sc:g} / {mx:g} | {tot:g} / {tmx:g} |" for a, s, sc, mx, tot, tmx in rows]

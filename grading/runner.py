@@ -42,17 +42,22 @@ def source_digest(course_root: Path, assignment: str) -> str:
     return h.hexdigest()
 
 
-def grade_one(course_root: Path, assignment: str, student: str, notebook: str | None = None) -> dict:
+def grade_one(course_root: Path, assignment: str, student: str, notebook: str | None = None,
+              settings: dict | None = None) -> dict:
     """Grade one submission: place it, autograde it, write its feedback.
 
     ``notebook`` is the submission's JSON text, written to
     ``submitted/<student>/<assignment>/<assignment>.ipynb`` (replacing an
     earlier copy); without it, the notebook already there is graded.
 
+    ``settings`` are traits of :class:`grading.execute.GradedExecute` for
+    this run (``timeout``, ``budget``, ...).
+
     Returns ``{"assignment", "student", "sha256", "status", "message", "pid"}``
-    where status is ``"graded"``, ``"autograde-failed"`` or
-    ``"feedback-failed"``, message the failure line ("" when graded) and
-    sha256 that of the notebook graded.
+    where status is ``"graded"``, ``"over-budget"`` (graded, but the
+    submission ran out of time before its last cells), ``"autograde-failed"``
+    or ``"feedback-failed"``, message the line for the report ("" when
+    graded) and sha256 that of the notebook graded.
     """
     from . import course as C
 
@@ -70,13 +75,18 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
               "status": "graded", "message": "", "pid": os.getpid()}
     from . import judge
 
-    api = C.api(root)
+    api = C.api(root, **(settings or {}))
     result = judge.autograde(api, assignment, student)  # jailed kernels; checks called and judged by the grader
     if not result.get("success"):
         return record | {"status": "autograde-failed", "message": "autograding failed: " + C.last_line(result)}
     feedback = api.generate_feedback(assignment, student)
     if not feedback.get("success"):
         return record | {"status": "feedback-failed", "message": "feedback failed: " + C.last_line(feedback)}
+    over = judge.run_record(root, student, assignment).get("over_budget")
+    if over:
+        return record | {"status": "over-budget",
+                         "message": f"graded in part: it used up its time budget of {over['budget']:g} s; the cells "
+                                    f"from cell {over['cell'] + 1} on were not run and score 0"}
     return record
 
 
@@ -141,13 +151,13 @@ def _failed(assignment: str, student: str, why: str) -> dict:
             "message": f"autograding failed: {why}"}
 
 
-def _pool_run(course_root: Path, items: list, jobs: int, grade, finish) -> list:
+def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=None) -> list:
     """Grade ``items`` in a pool of ``jobs`` spawned workers; return the items left unfinished if a worker died."""
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
     unfinished = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=init) as pool:
         pending = {pool.submit(_grade_marked, grade, course_root, a, s, text): (a, s, text) for a, s, text in items}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -164,13 +174,15 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish) -> list:
     return unfinished
 
 
-def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None, grade=None) -> dict:
+def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None, grade=None,
+              init=None) -> dict:
     """Grade ``work`` = [(assignment, student, notebook JSON)] with ``jobs`` processes.
 
     ``on_done(record)`` is called in this process as each submission finishes
     (in completion order); returns ``{(assignment, student): record}``.
     ``grade`` is :func:`grade_one` unless given (a picklable function with
-    the same signature).
+    the same signature); ``init`` runs first in each worker process (where
+    its log goes, say).
 
     A worker process that dies (a crash, the out-of-memory killer) breaks
     the whole pool, and every submission the pool had not finished comes
@@ -197,7 +209,7 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
     shutil.rmtree(inflight, ignore_errors=True)
     todo = list(work)
     while todo:
-        unfinished = _pool_run(course_root, todo, jobs, grade, finish)
+        unfinished = _pool_run(course_root, todo, jobs, grade, finish, init)
         suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
         if unfinished and not suspects:  # the workers die before grading anything: nothing to retry alone
             for a, s, _ in unfinished:
@@ -205,7 +217,7 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
             break
         for a, s, text in suspects:
             _inflight(course_root, a, s).unlink(missing_ok=True)
-            if _pool_run(course_root, [(a, s, text)], 1, grade, finish):
+            if _pool_run(course_root, [(a, s, text)], 1, grade, finish, init):
                 _inflight(course_root, a, s).unlink(missing_ok=True)
                 finish(_failed(a, s, "the grading process crashed on this submission (twice, the second time "
                                       "grading it alone); the rest of the class was graded without it"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import socket
 import threading
 
@@ -58,8 +57,8 @@ class Sub(np.ndarray):
 
 def visible_only() -> str:
     """Hard-code the visible test's expected answer (what a learner could copy from a classmate)."""
-    from bnlib import batchnorm_backward, batchnorm_forward
     from bncheck.probes import backward_inputs
+    from bnlib import batchnorm_backward, batchnorm_forward
 
     dout, x, gamma, eps = backward_inputs(0)
     _, cache = batchnorm_forward(x, gamma, np.zeros(x.shape[1]), eps=eps)
@@ -126,16 +125,10 @@ def graded(tmp_path_factory):
     secrets = snoop_code(tmp_path_factory, listener.port)
     nbformat.write(fill(C.PROJECT, A, RIGHT | {"answer-staged": secrets + STAGED}), src / f"snoop_{A}.ipynb")
     course = tmp_path_factory.mktemp("course")
-    old = os.environ.get("BNCOURSE_CELL_TIMEOUT")
-    os.environ["BNCOURSE_CELL_TIMEOUT"] = "10"
     try:
-        assert main([str(src), "--course", str(course)]) == 0
+        assert main([str(src), "--course", str(course), "--timeout", "10"]) == 0
     finally:
         listener.close()
-        if old is None:
-            os.environ.pop("BNCOURSE_CELL_TIMEOUT")
-        else:
-            os.environ["BNCOURSE_CELL_TIMEOUT"] = old
     scores = {}
     with open(course / "grades.csv") as f:
         for row in csv.DictReader(f):

@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def _ancestors(pid: int) -> list[int]:
 
 
 def jail_processes() -> list[int]:
-    """Zygotes, keepers and kernels: all run ``python -m grading.jail`` (a kernel is a fork of its zygote)."""
+    """Zygotes, keepers and kernels: all run ``python -m grading.zygote`` (a kernel is a fork of its zygote)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -104,7 +105,7 @@ def jail_processes() -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"grading.jail" in args:
+        if b"grading.zygote" in args:
             found.append(int(entry.name))
     return found
 
@@ -201,7 +202,10 @@ def test_two_jobs_really_grade_in_two_processes(clean_run):
 def test_a_killed_run_started_again_grades_nothing_twice_and_reports_the_same(hand_ins, clean_run, tmp_path):
     course = tmp_path / "course"
     cmd = [sys.executable, "-m", "grading", str(hand_ins), "--course", str(course), "--jobs", "2"]
-    proc = subprocess.Popen(cmd, cwd=C.PROJECT, env=env(), start_new_session=True,
+    tmp = Path(tempfile.mkdtemp(prefix="bnt-", dir="/tmp"))  # the runs' temporary folder, listed before and after
+    # (short: the kernels' sockets live below it)
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen(cmd, cwd=C.PROJECT, env=env() | {"TMPDIR": str(tmp)}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -218,9 +222,17 @@ def test_a_killed_run_started_again_grades_nothing_twice_and_reports_the_same(ha
     assert 2 <= len(first) < len(expected_class()), (
         f"expected the run to be killed halfway; {len(first)} of {len(expected_class())} were journaled")
     assert proc.returncode == -signal.SIGKILL
+    # nothing of the killed run is left: no sandbox, zygote folder or run folder, no /dev/shm entry
+    deadline = time.monotonic() + 40
+    while list(tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(tmp.iterdir()) == [], f"the killed run left {sorted(p.name for p in tmp.rglob('*'))[:20]}"
+    assert set(os.listdir("/dev/shm")) - shm_before == set(), "the killed run left entries in /dev/shm"
 
-    done = subprocess.run(cmd, cwd=C.PROJECT, env=env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=C.PROJECT, env=env() | {"TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list(tmp.iterdir()) == [], f"the finished run left {sorted(p.name for p in tmp.rglob('*'))[:20]}"
+    tmp.rmdir()
     assert f"{len(first)} of {len(expected_class())} notebooks were already graded in an earlier run" in done.stdout, done.stdout
     entries = journal_lines(course)
     graded_twice = [k for k in {(e["assignment"], e["student"]) for e in entries}

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 
 from bncheck import probes
@@ -261,15 +259,7 @@ def graded(tmp_path_factory):
         students[name] = A4
         _write(src, name, A4, nb)
     course = tmp_path_factory.mktemp("course")
-    old = os.environ.get("BNCOURSE_CELL_TIMEOUT")
-    os.environ["BNCOURSE_CELL_TIMEOUT"] = "15"
-    try:
-        assert main([str(src), "--course", str(course), "--jobs", "2"]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("BNCOURSE_CELL_TIMEOUT")
-        else:
-            os.environ["BNCOURSE_CELL_TIMEOUT"] = old
+    assert main([str(src), "--course", str(course), "--jobs", "2", "--timeout", "15"]) == 0
     scores = {}
     with open(course / "grades.csv") as f:
         for row in csv.DictReader(f):
