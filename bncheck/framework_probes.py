@@ -11,13 +11,13 @@ They follow :mod:`bncheck.probes` and have the same two halves:
    turns it into plain ``float64`` arrays: numbers, flags (0.0 / 1.0), layer
    configuration, weights, outputs on seeded inputs. It holds no reference
    and no catalog of mistakes;
-2. the **judge** (:mod:`bncheck.framework_judges`): it builds the same setup again, asks the
+2. the **judge** (``bncheck.framework_judges``): it builds the same setup again, asks the
    framework for the right answer, compares, and on a mismatch raises
    :class:`~bncheck.probes.CheckFailed` naming the mistake, e.g.
    ``[forgot-eval]``.
 
 A learner running the notebook gets both at once; during grading the grader
-calls the probe (:func:`bncheck.probes.grader_call`) and judges its arrays in
+calls the probe (``bncheck.probes.grader_call``) and judges its arrays in
 its own process.
 
 Keras and PyTorch are imported inside the functions, so ``bncheck`` still

@@ -12,7 +12,7 @@ and beta far from 1 and 0; an ``eps`` large enough that its place matters),
 calls the learner's function on copies of them, checks that it left them
 unchanged, and converts what comes back to plain ``float64`` ndarrays,
 checking type, shape and dtype first, so an object that claims to equal
-everything earns nothing. The **judge** (:mod:`bncheck.judges`) regenerates
+everything earns nothing. The **judge** (``bncheck.judges``) regenerates
 the same inputs, computes bnlib's reference, compares, and if they differ
 recomputes the answer with each mistake of a catalog (unbiased variance, eps
 outside the square root, wrong axis, ...) to name the one that matches.
@@ -24,7 +24,7 @@ Three ways this module runs:
   with the mistake's name in brackets, e.g. ``[unbiased-variance]``;
 - **the grader lists** the checks of a source notebook's test cell
   (``_COLLECT``, in the grader's own process): nothing runs;
-- **the grader calls** one check in a graded kernel (:func:`grader_call`),
+- **the grader calls** one check in a graded kernel (``grader_call``),
   with parameters it chose (a hidden test's seed among them): the probe's
   arrays come back as text and the grader judges them in its own process,
   where the learner's code cannot reach the judge or the reference.
