@@ -120,7 +120,9 @@ def _model_counts(n_in, n_hidden, n_out):
         keras.layers.BatchNormalization(),
         keras.layers.Dense(n_out),
     ])
-    size = lambda ws: sum(int(np.prod(w.shape)) for w in ws)
+    def size(ws):
+        return sum(int(np.prod(w.shape)) for w in ws)
+
     return size(model.trainable_weights), size(model.non_trainable_weights)
 
 
@@ -154,7 +156,7 @@ def _judge_freeze_batchnorm(params, results):
     model, x = freeze_setup(params["seed"])
     bns, dense = _bn_layers(model), _dense_layers(model)
     dense_flags, frozen_flags, affine_flags = _need(results, "dense_trainable", "bn_layer_frozen", "bn_affine_frozen")
-    dense_ok = all(_all_set(dense_flags, sum(len(l.weights) for l in dense), "Dense weights"))
+    dense_ok = all(_all_set(dense_flags, sum(len(layer.weights) for layer in dense), "Dense weights"))
     frozen = _all_set(frozen_flags, len(bns), "BatchNormalization layers")
     affine_frozen = _all_set(affine_flags, len(bns), "BatchNormalization layers")
     if not dense_ok:
@@ -174,7 +176,7 @@ def _judge_freeze_batchnorm(params, results):
         raise CheckFailed(f"{frozen.count(True)} of the {len(bns)} BatchNormalization layers were frozen; "
                           "freeze every one of them (loop over all of model.layers)", "some-bn-not-frozen")
     before, after, infer, train = _need(results, "stats_before", "stats_after", "infer", "train")
-    n_stats = sum(2 * int(np.prod(l.moving_mean.shape)) for l in bns)
+    n_stats = sum(2 * int(np.prod(bn.moving_mean.shape)) for bn in bns)
     if before.shape != (n_stats,) or after.shape != (n_stats,):
         raise CheckFailed(f"the check recorded moving statistics of shapes {before.shape} and {after.shape}; "
                           f"the model has {n_stats}", "incomplete-record")
@@ -289,7 +291,8 @@ def _judge_fold_into_linear(params, results):
     ])
     _match(b2, (b - mu) * s + beta, "folded bias", [
         ("forgot-linear-bias", (lambda: -mu * s + beta, "the Linear layer's own bias is missing: b' = (b - mean) * s + beta.")),
-        ("bias-not-scaled", (lambda: b - mu * s + beta, "the Linear layer's bias must be scaled too: b' = (b - mean) * s + beta.")),
+        ("bias-not-scaled", (lambda: b - mu * s + beta,
+                             "the Linear layer's bias must be scaled too: b' = (b - mean) * s + beta.")),
         ("no-beta", (lambda: (b - mu) * s, "beta (bn.bias) is missing: b' = (b - mean) * s + beta.")),
         *[(k, (lambda v=v: (b - mu) * v + beta, text)) for k, v, text in scales],
     ])

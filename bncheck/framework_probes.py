@@ -199,12 +199,12 @@ def freeze_setup(seed: int):
 
 def _bn_layers(model):
     keras = _keras()
-    return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _dense_layers(model):
     keras = _keras()
-    return [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
 
 def port_setup(seed: int):
@@ -316,11 +316,15 @@ def check_freeze_batchnorm(fn, *, seed: int = 0) -> None:
         _call(fn, model, what="freeze_batchnorm")
         trainable = {id(w) for w in model.trainable_weights}
         results = {
-            "dense_trainable": _flags(id(w) in trainable for l in dense for w in l.weights),
-            "bn_layer_frozen": _flags(not l.trainable for l in bns),
-            "bn_affine_frozen": _flags(all(id(w) not in trainable for w in (l.gamma, l.beta)) for l in bns),
+            "dense_trainable": _flags(id(w) in trainable for layer in dense for w in layer.weights),
+            "bn_layer_frozen": _flags(not bn.trainable for bn in bns),
+            "bn_affine_frozen": _flags(all(id(w) not in trainable for w in (bn.gamma, bn.beta)) for bn in bns),
         }
-        stats = lambda: np.concatenate([_knp(w).astype(np.float64).ravel() for l in bns for w in (l.moving_mean, l.moving_variance)])
+
+        def stats():
+            return np.concatenate([_knp(w).astype(np.float64).ravel()
+                                   for bn in bns for w in (bn.moving_mean, bn.moving_variance)])
+
         results["stats_before"] = stats()
         results["infer"] = _plain(_knp(model(x, training=False)), what="the inference-mode output", shape=(x.shape[0], 1))
         results["train"] = _plain(_knp(model(x, training=True)), what="the training-mode output", shape=(x.shape[0], 1))

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnlib.functional import batch_statistics, batchnorm_backward, batchnorm_forward
+from bnlib.gradcheck import numerical_gradient
+from bnlib.layer import BatchNorm
+
+from . import registry
 from .probes import (
     CheckFailed,
     _close,
@@ -21,11 +26,6 @@ from .probes import (
     numgrad_setup,
     scaler_data,
 )
-from bnlib.functional import batch_statistics, batchnorm_backward, batchnorm_forward
-from bnlib.gradcheck import numerical_gradient
-from bnlib.layer import BatchNorm
-
-from . import registry
 
 
 def judge(kind: str, params: dict, results: dict) -> None:
@@ -261,7 +261,8 @@ def _judge_running_layer(params, results):
         _compare(got, ref(x), what, {})
     rm, rv, rm2, rv2 = _need(results, "rm", "rv", "rm_after_eval", "rv_after_eval")
     mistakes = {
-        name: (lambda name=name: np.concatenate(_simulate(batches, convention=convention, momentum=momentum, eps=eps, C=C, mistake=name)), text)
+        name: (lambda name=name: np.concatenate(_simulate(batches, convention=convention, momentum=momentum, eps=eps, C=C,
+                                                          mistake=name)), text)
         for name, text in _LAYER_MISTAKES.items()
     }
     _compare(np.concatenate([rm, rv]), np.concatenate([ref.running_mean, ref.running_var]),
@@ -292,7 +293,8 @@ def _judge_scaler(params, results):
             m, sd = A.mean(axis=0), A.std(axis=0, ddof=ddof)
             return (B - (m if centre else 0.0)) / np.where(sd == 0, 1.0, sd)
         wrong = {
-            "unbiased-std": (lambda A, B: ref(A, B, ddof=1), "you used the unbiased standard deviation (ddof=1); use np.std's default, ddof=0."),
+            "unbiased-std": (lambda A, B: ref(A, B, ddof=1),
+                             "you used the unbiased standard deviation (ddof=1); use np.std's default, ddof=0."),
             "no-centering": (lambda A, B: ref(A, B, centre=False), "the mean was not subtracted."),
         }
     else:
@@ -345,7 +347,8 @@ def _judge_numgrad(params, results):
             "forward-difference": (lambda: one_sided(+1), "this is a one-sided (forward) difference "
                                    "(f(x+h) - f(x)) / h, whose error is of order h; use the central difference "
                                    "(f(x+h) - f(x-h)) / (2h), whose error is of order h**2."),
-            "backward-difference": (lambda: one_sided(-1), "this is a one-sided (backward) difference; use the central difference."),
+            "backward-difference": (lambda: one_sided(-1),
+                                    "this is a one-sided (backward) difference; use the central difference."),
             "divided-by-h": (lambda: 2 * ref, "the central difference is divided by h; divide by 2h."),
             "ignores-dout": (lambda: numerical_gradient(gradient_probe, x.copy(), np.ones(x.shape), h=h),
                              "dout is ignored: the gradient is that of sum(f(x) * dout), so weight f's outputs by dout."),

@@ -482,7 +482,8 @@ def check_backward(fn, *, seed: int = 0, shape=None) -> None:
 
     def probe():
         dout, x, gamma, eps = backward_inputs(seed, shape)
-        result = _unpack(_call(fn, dout, x, gamma, eps, what="your backward pass"), ("dx", "dgamma", "dbeta"), "your backward pass")
+        result = _unpack(_call(fn, dout, x, gamma, eps, what="your backward pass"), ("dx", "dgamma", "dbeta"),
+                         "your backward pass")
         D = x.shape[1]
         summed = "dgamma and dbeta get one value per feature: sum over the batch axis 0."
         return {
@@ -554,7 +555,8 @@ def check_scaler(fit, transform, *, kind: str = "standard", seed: int = 0) -> No
         try:
             stats = fit(Xtr.copy())
         except NotImplementedError:
-            raise CheckFailed("your fit function is not implemented yet (it raised NotImplementedError)", "not-implemented") from None
+            raise CheckFailed("your fit function is not implemented yet (it raised NotImplementedError)",
+                              "not-implemented") from None
         with np.errstate(all="ignore"):
             got_tr = _call(transform, Xtr, stats, what="your transform")
             got_te = _call(transform, Xte, stats, what="your transform")
