@@ -125,8 +125,10 @@ def _grade(args) -> int:
     for problem in failures + problems:  # one line per hand-in with a problem; the details are in the report
         print(problem.line())
     if skipped:
-        print(f"{skipped} of {len(subs)} notebooks were already graded in an earlier run (journal {journal.path}): not graded again")
-    print(f"graded {len(graded)} of {len(subs)} notebooks; report: {report}; grades: {root / 'grades.csv'}; feedback: {root / 'feedback'}")
+        print(f"{skipped} of {len(subs)} notebooks were already graded in an earlier run (journal {journal.path}): "
+              "not graded again")
+    print(f"graded {len(graded)} of {len(subs)} notebooks; report: {report}; grades: {root / 'grades.csv'}; "
+          f"feedback: {root / 'feedback'}")
     return 0
 
 

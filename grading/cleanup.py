@@ -15,6 +15,7 @@ run under the names Python's ``multiprocessing`` gives them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -99,18 +100,14 @@ def watch(pid: int, folder: Path) -> None:
     while _run_processes(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
     for left in _run_processes(folder):  # anything the run started that outlived it
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(left, 9)
-        except ProcessLookupError:
-            pass
     shutil.rmtree(folder, ignore_errors=True)
     if SHM.is_dir():
         for name in set(os.listdir(SHM)) - before:
             if name.startswith(SHM_NAMES):
-                try:
+                with contextlib.suppress(OSError):
                     (SHM / name).unlink()
-                except OSError:
-                    pass
 
 
 if __name__ == "__main__":

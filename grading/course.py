@@ -122,7 +122,8 @@ def autograded_outputs(root: Path, assignment: str, student: str) -> dict[str, s
 
 
 KNOWN_FAILURES = [
-    ("DeadKernelError", "the kernel died while running the notebook (os._exit, sys.exit in a forked process, a crash, or too much memory)"),
+    ("DeadKernelError", "the kernel died while running the notebook "
+                        "(os._exit, sys.exit in a forked process, a crash, or too much memory)"),
     ("CellTimeoutError", "a cell ran past the time limit (an infinite loop?)"),
     ("TimeoutError", "a cell ran past the time limit (an infinite loop?)"),
 ]

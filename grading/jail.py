@@ -35,6 +35,7 @@ says "full" unless the whole view was built in a probe on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -170,10 +171,8 @@ def namespaces() -> None:
 def keep(kernel: int) -> None:
     """The keeper: forward signals to the kernel, kill it when asked to end, end as it ended."""
     def forward(signum, _frame):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(kernel, signal.SIGKILL if signum in (signal.SIGTERM, signal.SIGHUP) else signum)
-        except ProcessLookupError:
-            pass
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, forward)
@@ -288,10 +287,8 @@ def contain(request: dict) -> None:
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):  # a closed stream at exit: nothing left to tell
                 stream.flush()
-            except Exception:  # noqa: BLE001 - a closed stream at exit: nothing left to tell
-                pass
         os._exit(code)
 
 

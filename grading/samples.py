@@ -92,26 +92,36 @@ FOLD = ("def fold_into_linear(linear, bn):\n    with torch.no_grad():\n"
         "        new.weight.copy_(linear.weight * s[:, None])\n        new.bias.copy_({bias})\n    return new\n")
 
 CATALOG = [
-    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="return gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta")},
+    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(
+        body="return gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta")},
      {"test-forward-nd"}, "unbiased-variance"),
     ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="return gamma * (x - x.mean(0)) / (x.std(0) + eps) + beta")},
      {"test-forward-nd"}, "eps-outside-sqrt"),
-    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(body="m, v = x.mean(1, keepdims=True), x.var(1, keepdims=True)\n    return gamma * (x - m) / np.sqrt(v + eps) + beta")},
+    ("ch02-forward", {"answer-forward-nd": FWD_ND.format(
+        body="m, v = x.mean(1, keepdims=True), x.var(1, keepdims=True)\n    return gamma * (x - m) / np.sqrt(v + eps) + beta")},
      {"test-forward-nd"}, "statistics-over-features"),
-    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(body="g, b = gamma.reshape(1, -1, 1, 1), beta.reshape(1, -1, 1, 1)\n    return g * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + b")},
+    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(
+        body="g, b = gamma.reshape(1, -1, 1, 1), beta.reshape(1, -1, 1, 1)\n"
+             "    return g * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + b")},
      {"test-forward-nchw"}, "statistics-over-batch-only"),
-    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(body="m, v = x.mean((0, 2, 3), keepdims=True), x.var((0, 2, 3), keepdims=True)\n    return (x - m) / np.sqrt(v + eps)")},
+    ("ch02-forward", {"answer-forward-nchw": FWD_4D.format(
+        body="m, v = x.mean((0, 2, 3), keepdims=True), x.var((0, 2, 3), keepdims=True)\n    return (x - m) / np.sqrt(v + eps)")},
      {"test-forward-nchw"}, "no-gamma-beta"),
-    ("ch03-backward", {"answer-staged": STAGED.format(body=PRE + "return gamma * inv * (dout - xhat * (dout * xhat).mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
+    ("ch03-backward", {"answer-staged": STAGED.format(
+        body=PRE + "return gamma * inv * (dout - xhat * (dout * xhat).mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
      {"test-staged"}, "missing-mean-path"),
-    ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * (dout - dout.mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
+    ("ch03-backward", {"answer-closed": CLOSED.format(
+        body=PRE + "return gamma * inv * (dout - dout.mean(0)), (dout * xhat).sum(0), dout.sum(0)")},
      {"test-closed"}, "missing-variance-path"),
     ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * dout, (dout * xhat).sum(0), dout.sum(0)")},
      {"test-closed"}, "only-direct-path"),
-    ("ch03-backward", {"answer-closed": CLOSED.format(body=PRE + "return gamma * inv * (dout - dout.mean(0) - xhat * (dout * xhat).mean(0)), dout * xhat, dout.sum(0)")},
+    ("ch03-backward", {"answer-closed": CLOSED.format(
+        body=PRE + "return gamma * inv * (dout - dout.mean(0) - xhat * (dout * xhat).mean(0)), dout * xhat, dout.sum(0)")},
      {"test-closed"}, "wrong-shape"),
-    ("ch03-backward", {"answer-numgrad": "def numerical_gradient(f, x, dout, h=1e-5):\n    g = np.zeros_like(x)\n    base = np.sum(f(x) * dout)\n"
-                       "    for i in np.ndindex(x.shape):\n        xp = x.copy(); xp[i] += h\n        g[i] = (np.sum(f(xp) * dout) - base) / h\n    return g\n"},
+    ("ch03-backward", {"answer-numgrad": "def numerical_gradient(f, x, dout, h=1e-5):\n    g = np.zeros_like(x)\n"
+                       "    base = np.sum(f(x) * dout)\n"
+                       "    for i in np.ndindex(x.shape):\n        xp = x.copy(); xp[i] += h\n"
+                       "        g[i] = (np.sum(f(xp) * dout) - base) / h\n    return g\n"},
      {"test-numgrad"}, "forward-difference"),
     ("ch04-running-stats", {"answer-layer": layer(RIGHT_UPDATE.replace("(1 - self.m, bv)", "(self.m, bv)"))},
      {"test-layer-keras"}, "momentum-flipped"),
@@ -127,10 +137,12 @@ CATALOG = [
         "if training else (self.running_mean, self.running_var)", "")},
      {"test-layer-torch", "test-layer-keras"}, "batch-stats-in-inference"),
     ("ch01-scaling", {"answer-standard": "def standardize_fit(X):\n    return X.mean(0), X.std(0, ddof=1)\n\n\n"
-                      "def standardize_transform(X, stats):\n    return (X - stats[0]) / np.where(stats[1] == 0, 1.0, stats[1])\n"},
+                      "def standardize_transform(X, stats):\n"
+                      "    return (X - stats[0]) / np.where(stats[1] == 0, 1.0, stats[1])\n"},
      {"test-standard"}, "unbiased-std"),
     ("ch01-scaling", {"answer-minmax": "def minmax_fit(X):\n    return X.min(0), X.max(0)\n\n\n"
-                      "def minmax_transform(X, stats):\n    lo, hi = X.min(0), X.max(0)\n    return (X - lo) / np.where(hi == lo, 1.0, hi - lo)\n"},
+                      "def minmax_transform(X, stats):\n    lo, hi = X.min(0), X.max(0)\n"
+                      "    return (X - lo) / np.where(hi == lo, 1.0, hi - lo)\n"},
      {"test-minmax"}, "fitted-on-test-data"),
     ("ch05-keras", {"answer-axis": SEQ.format(args="axis=1")}, {"test-axis"}, "normalized-time-steps"),
     ("ch05-keras", {"answer-counts": COUNTS.format(biases=" + n_hidden + n_out", ret="d + 4 * n_hidden, 0")},
@@ -158,7 +170,7 @@ def build(dest: Path, root: Path = C.PROJECT) -> Path:
         right = answer_code(assignment)
         nbformat.write(fill(root, assignment, right), dest / f"ada_{assignment}.ipynb")
         nbformat.write(fill(root, assignment, None), dest / f"blake_{assignment}.ipynb")
-    for i, (assignment, wrong, _, mistake) in enumerate(CATALOG):
+    for i, (assignment, wrong, _, _mistake) in enumerate(CATALOG):
         student = f"student{i:02d}"
         nbformat.write(fill(root, assignment, answer_code(assignment) | wrong), dest / f"{student}_{assignment}.ipynb")
     first = C.assignments(root)[0]

@@ -22,6 +22,7 @@ The protocol, one JSON object a line on a socket pair:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -80,10 +81,8 @@ def serve(fd: int, frameworks: list[str]) -> None:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 contain(message["spawn"])  # never returns
             fds = []
-            try:
+            with contextlib.suppress(AttributeError, OSError):
                 fds = [os.pidfd_open(pid)]
-            except (AttributeError, OSError):
-                pass
             socket.send_fds(chan, [json.dumps({"pid": pid}).encode() + b"\n"], fds)
             for f in fds:
                 os.close(f)
@@ -160,13 +159,11 @@ class Zygote:
         self.home = tempfile.mkdtemp(prefix="bn-zygote-")  # Keras writes its settings under HOME when imported
         from . import logs
 
-        log = open(logs.current(), "ab") if logs.current() else None  # the frameworks' start-up lines
-        self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", str(theirs.fileno()), *frameworks],
-                                     pass_fds=(theirs.fileno(),), cwd=self.home,
-                                     env=env | {"HOME": self.home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        if log:
-            log.close()
+        with open(logs.current(), "ab") if logs.current() else contextlib.nullcontext() as log:  # the frameworks' start-up lines
+            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", str(theirs.fileno()), *frameworks],
+                                         pass_fds=(theirs.fileno(),), cwd=self.home,
+                                         env=env | {"HOME": self.home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         theirs.close()
         self.lock = threading.Lock()
         self.buf = b""
