@@ -63,7 +63,10 @@ def visible_only() -> str:
     dout, x, gamma, eps = backward_inputs(0)
     _, cache = batchnorm_forward(x, gamma, np.zeros(x.shape[1]), eps=eps)
     dx, dg, db = batchnorm_backward(dout, cache)
-    lit = lambda a: f"np.array({a.tolist()!r})"  # noqa: E731
+
+    def lit(a):
+        return f"np.array({a.tolist()!r})"
+
     return (f"import numpy as np\ndef batchnorm_backward_staged(dout, x, gamma, eps=1e-5):\n"
             f"    return {lit(dx)}, {lit(dg)}, {lit(db)}\n")
 
@@ -72,7 +75,8 @@ def visible_only() -> str:
 CASES = {
     "eq-liar": ({"answer-staged": liar(LIAR_CLASSES, "Liar(), Liar(), Liar()")}, {"test-staged"}, "[not-an-array]"),
     "ndarray-subclass": ({"answer-staged": liar(LIAR_CLASSES, "np.zeros(x.shape).view(Sub), np.zeros(x.shape[1]).view(Sub), "
-                                                               "np.zeros(x.shape[1]).view(Sub)")}, {"test-staged"}, "test-staged"),
+                                                               "np.zeros(x.shape[1]).view(Sub)")},
+                         {"test-staged"}, "test-staged"),
     "visible-only": ({"answer-staged": visible_only()}, {"test-staged"}, "test-staged"),
     "patch-checker": ({"answer-staged": "import bncheck.probes as c\nc.check_backward = lambda *a, **k: None\n" + WRONG_STAGED},
                       {"test-staged", "test-closed"}, "[did-not-run]"),
@@ -82,12 +86,15 @@ CASES = {
     "patch-probes": ({"answer-staged": "import bncheck.probes as p\np._plain = lambda v, **k: v\n"
                                        "p._close = lambda *a, **k: True\np._call = lambda fn, *a, **k: fn(*a)\n"
                                        + WRONG_STAGED}, {"test-staged"}, "test-staged"),
-    "call-reference": ({"answer-staged": "from bnlib import batchnorm_backward as _ref\n" + STAGED}, {"test-staged"}, "test-staged"),
+    "call-reference": ({"answer-staged": "from bnlib import batchnorm_backward as _ref\n" + STAGED},
+                       {"test-staged"}, "test-staged"),
     "os-exit": ({"answer-staged": "import os\nos._exit(1)\n"}, {"test-staged"}, "test-staged"),
-    "kill-kernel": ({"answer-staged": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"}, {"test-staged"}, "test-staged"),
+    "kill-kernel": ({"answer-staged": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"},
+                    {"test-staged"}, "test-staged"),
     "sys-exit": ({"answer-staged": "import sys\nsys.exit(0)\n"}, {"test-staged"}, "test-staged"),
     "endless-loop": ({"answer-staged": "while True:\n    pass\n"}, {"test-staged"}, "test-staged"),
-    "huge-memory": ({"answer-staged": "import numpy as np\nhog = np.ones((400_000, 100_000))\n" + STAGED}, {"test-staged"}, "test-staged"),
+    "huge-memory": ({"answer-staged": "import numpy as np\nhog = np.ones((400_000, 100_000))\n" + STAGED},
+                    {"test-staged"}, "test-staged"),
     "fork-bomb": ({"answer-staged": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"},
                   {"test-staged"}, "test-staged"),
     "print-flood": ({"answer-staged": "print('x' * 5_000_000)\n" + STAGED}, set(), None),

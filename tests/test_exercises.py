@@ -87,7 +87,8 @@ def test_student_versions_hold_no_solution_or_hidden_test(course):
         text = (root / "release" / a / f"{a}.ipynb").read_text()
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
         for gid, code in answer_code(a).items():
-            body = [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith(("def ", "class ", '"""'))]
+            body = [line for line in code.splitlines()
+                    if line.strip() and not line.lstrip().startswith(("def ", "class ", '"""'))]
             assert not any(line in text for line in body[1:]), f"{a}:{gid} solution code leaked"
 
 

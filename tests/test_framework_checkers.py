@@ -19,11 +19,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 import pytest
 
+from bncheck import framework_probes as fc  # numpy only: Keras and PyTorch are imported when a checker runs
+from bncheck.probes import CheckFailed
+
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
-
-from bncheck import framework_probes as fc
-from bncheck.probes import CheckFailed
 
 SEEDS = (0, 1, 7)
 
@@ -278,7 +278,7 @@ def test_fold_accepts_the_eval_mode_formula(seed):
     ({"beta": False}, "no-beta"),
 ])
 def test_fold_names_the_mistake(seed, options, mistake):
-    assert diagnosis(fc.check_fold_into_linear, lambda l, b: fold(l, b, **options), seed=seed) == mistake
+    assert diagnosis(fc.check_fold_into_linear, lambda linear, bn: fold(linear, bn, **options), seed=seed) == mistake
 
 
 def test_fold_refuses_to_change_its_inputs():
@@ -334,7 +334,7 @@ RECORDED_CASES = [
         {"eps": False}, {"momentum": False}, {"swap_stats": True}, {"swap_affine": True}, {"copy_stats": False})],
     (fc.check_fold_into_linear, fold, {}),
     (fc.check_fold_into_linear, fold_in_place, {}),
-    *[(fc.check_fold_into_linear, lambda l, b, o=o: fold(l, b, **o), {}) for o in (
+    *[(fc.check_fold_into_linear, lambda linear, bn, o=o: fold(linear, bn, **o), {}) for o in (
         {"eps": 0.0}, {"eps": 1e-5}, {"bias": False}, {"scale_bias": False}, {"beta": False})],
 ]
 

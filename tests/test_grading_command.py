@@ -102,7 +102,8 @@ def test_sample_class_is_complete_and_recognised(tmp_path):
     known = {a: set(C.source_cell_metadata(C.PROJECT, a)) for a in C.assignments()}
     subs, problems = K.collect(folder, known)
     assert len(subs) == 2 * len(known) + len(CATALOG) + 3
-    assert sorted(p.message.split(":")[0] for p in problems) == ["extra file, not a notebook", "not valid JSON (line 1, column 12"]
+    assert sorted(p.message.split(":")[0] for p in problems) == ["extra file, not a notebook",
+                                                                 "not valid JSON (line 1, column 12"]
 
 
 def test_feedback_templates_are_compiled_once_per_process(monkeypatch):
@@ -114,7 +115,8 @@ def test_feedback_templates_are_compiled_once_per_process(monkeypatch):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
     parsed = []
     real = Environment._parse
-    monkeypatch.setattr(Environment, "_parse", lambda self, source, name, filename: parsed.append(name) or real(self, source, name, filename))
+    monkeypatch.setattr(Environment, "_parse",
+                        lambda self, source, name, filename: parsed.append(name) or real(self, source, name, filename))
     BYTECODE.clear()
     first, _ = FeedbackExporter().from_notebook_node(nb)
     once = len(parsed)
@@ -145,7 +147,8 @@ def test_feedback_pages_load_nothing_from_the_network(graded):
 def test_math_becomes_mathml_outside_code_only():
     from grading.feedback import math_to_mathml
 
-    out = math_to_mathml("With $\\hat x = (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon}$, and `$x$` in code, for \\$5:\n\n$$y = \\gamma \\hat x$$")
+    out = math_to_mathml("With $\\hat x = (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon}$, and `$x$` in code, "
+                         "for \\$5:\n\n$$y = \\gamma \\hat x$$")
     assert out.count("<math") == 2 and 'display="block"' in out and 'display="inline"' in out, out
     assert "`$x$`" in out and "\\$5" in out, out
     assert "\\sqrt" not in out and "$$" not in out, out

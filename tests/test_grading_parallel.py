@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -127,10 +128,8 @@ def outlived(seconds: float = 10.0) -> list[int]:
     while (left := stray_jail_processes()) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return left
 
 
@@ -145,9 +144,9 @@ def test_a_busy_gradebook_makes_a_writer_wait_instead_of_failing(tmp_path):
     release.start()
     try:
         started = time.monotonic()
-        with pytest.raises(Exception, match="database is locked"):
-            with Gradebook(plain) as gb:  # nbgrader's URL: sqlite3's 5 s default, then an error
-                gb.add_student("impatient")
+        # nbgrader's URL: sqlite3's 5 s default, then an error
+        with pytest.raises(Exception, match="database is locked"), Gradebook(plain) as gb:
+            gb.add_student("impatient")
         with Gradebook(C.grading_url(plain, 30)) as gb:  # the grading run's URL waits for the lock
             gb.add_student("patient")
         waited = time.monotonic() - started
@@ -179,7 +178,8 @@ def test_two_jobs_give_every_submission_all_its_grades_once(clean_run):
     api = C.api(course)
     for (a, s), (_, loses) in expected_class().items():
         scores = C.scores(api, a, s)
-        assert set(scores) == graded_cells(a), f"{a}/{s}: expected grades for {sorted(graded_cells(a))}, received {sorted(scores)}"
+        assert set(scores) == graded_cells(a), (
+            f"{a}/{s}: expected grades for {sorted(graded_cells(a))}, received {sorted(scores)}")
         tests = {gid: v for gid, v in scores.items() if gid.startswith("test-")}
         assert tests, f"{a}/{s}: no autograded test in the gradebook"
         for gid, (score, max_score) in tests.items():

@@ -42,7 +42,8 @@ DEF = re.compile(r"^(def|class) (\w+)", re.M)
 WRAPPERS = {
     "alias": "{name} = _impl_{name}\n",
     "partial": "import functools\n{name} = functools.partial(_impl_{name})\n",
-    "decorator": "def _deco(f):\n    def inner(*a, **k):\n        return f(*a, **k)\n    return inner\n{name} = _deco(_impl_{name})\n",
+    "decorator": ("def _deco(f):\n    def inner(*a, **k):\n        return f(*a, **k)\n    return inner\n"
+                  "{name} = _deco(_impl_{name})\n"),
     "wraps": ("import functools\ndef _deco(f):\n    @functools.wraps(f)\n    def inner(*a, **k):\n        return f(*a, **k)\n"
               "    return inner\n{name} = _deco(_impl_{name})\n"),
     "callable": ("class _Callable:\n    def __init__(self, f):\n        self.f = f\n    def __call__(self, *a, **k):\n"

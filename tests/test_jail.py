@@ -14,8 +14,8 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -92,10 +92,12 @@ def check_common(report: dict, sandboxes: Path) -> None:
     shipped = [f for f in report["bncheck"] if f.endswith(".py")]
     assert sorted(shipped) == ["__init__.py", "framework_probes.py", "probes.py", "registry.py"], (
         f"expected the probe-only bncheck; the kernel's bncheck holds {report['bncheck']}")
-    assert report["bncheck_file"].startswith(str(sandboxes)), f"expected the shim from the sandbox; received {report['bncheck_file']}"
+    assert report["bncheck_file"].startswith(str(sandboxes)), (
+        f"expected the shim from the sandbox; received {report['bncheck_file']}")
     assert report["bnlib_file"] is None, f"the reference implementation is importable in the kernel: {report['bnlib_file']}"
     assert report["cwd"].startswith(str(sandboxes))
-    assert not any(p.startswith(str(jail.PROJECT) + os.sep) and ".venv" not in p or p == str(jail.PROJECT) for p in report["path"]), (
+    assert not any(p.startswith(str(jail.PROJECT) + os.sep) and ".venv" not in p or p == str(jail.PROJECT)
+                   for p in report["path"]), (
         f"the project folder is on the kernel's sys.path: {report['path']}")
     assert report["grading_loaded"] == [], f"grading modules left in the kernel: {report['grading_loaded']}"
     assert CANARY not in report["env"], "the kernel inherited a variable of the grader's environment"
@@ -132,7 +134,8 @@ def test_a_killed_kernel_takes_its_children_with_it(tmp_path):
     """SIGKILL as jupyter_client sends it on a forced shutdown: nothing the kernel started may survive."""
     # a grandchild that ignores SIGTERM and sleeps: it must still die with the kernel
     code = ("import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+            "p = subprocess.Popen([sys.executable, '-c', "
+            "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
             "print('CHILD', p.pid)\n")
     text, proc = asyncio.run(_session(code, tmp_path, now=True))
     assert "CHILD" in text, f"the kernel did not start its child: {text!r}"
