@@ -414,6 +414,11 @@ def encode(results: dict, failure) -> str:
     return json.dumps({"results": arrays, "failure": None if failure is None else [failure[0], _short(failure[1])]})
 
 
+def grader_calls(calls: list) -> str:
+    """:func:`grader_call` for each ``(kind, targets, params_json)`` of ``calls``, in one round trip: a JSON list."""
+    return json.dumps([grader_call(kind, targets, params) for kind, targets, params in calls])
+
+
 def bind(key: str, targets: tuple) -> str:
     """Keep ``targets`` (the learner's objects a test cell names) for that cell's hidden checks."""
     _BOUND[str(key)] = tuple(targets)

@@ -231,7 +231,7 @@ class GradedExecute(Execute):
             return None, "error:" + str(errors[-1].get("ename", ""))[:80]
         results = [o for o in scratch.outputs if o.get("output_type") == "execute_result"]
         text = results[-1].get("data", {}).get("text/plain") if results else None
-        if not isinstance(text, str) or len(text) > J.MAX_RECORD:
+        if not isinstance(text, str) or len(text) > J.MAX_REPLY:
             return None, "no-result"
         try:
             value = ast.literal_eval(text)
@@ -239,16 +239,23 @@ class GradedExecute(Execute):
             return None, "no-result"
         return (value, None) if isinstance(value, str) else (None, "no-result")
 
+    async def _judged(self, checks: list[P.Check], source: str, cell_index: int) -> list[P.Verdict]:
+        """Run ``checks`` in one round trip to the kernel; judge each reply here."""
+        text, problem = await self._call(source, cell_index)
+        replies = J.split_replies(text, len(checks)) if problem is None else None
+        if replies is None:
+            return [J.verdict(c, None, problem or "no-result") for c in checks]
+        return [J.verdict(c, reply) for c, reply in zip(checks, replies)]
+
     async def _bind(self, cell: P.CellPlan, cell_index: int) -> None:
         _, problem = await self._call(_bind_source(cell), cell_index)
         self._bound[cell.cell] = problem
 
     async def _test_cell(self, cell, cell_index: int, gid: str) -> None:
         plan = self._plan[gid]
-        for check in plan.checks:
-            if not check.hidden:
-                text, problem = await self._call(check.call_source(), cell_index)
-                self._verdicts[gid].append(J.verdict(check, text, problem))
+        visible = [c for c in plan.checks if not c.hidden]
+        if visible:
+            self._verdicts[gid] += await self._judged(visible, P.calls_source(visible), cell_index)
         self._where[gid] = cell_index
         if any(c.hidden for c in plan.checks):  # after the visible checks: a fresh kernel replays up to here
             await self._bind(plan, cell_index)
@@ -262,18 +269,18 @@ class GradedExecute(Execute):
         for gid, plan in self._plan.items():
             if gid not in self._where:
                 continue
-            for check in plan.checks:
-                if not check.hidden:
-                    continue
-                problem = self._bound.get(gid, "not-bound")
-                if problem is None and self._remaining() <= 0:
-                    problem = "budget"
-                    if self._over_budget is None:
-                        self._over_budget = end
-                text = None
-                if problem is None:
-                    text, problem = await self._call(check.call_source(bound=gid), end)
-                self._verdicts[gid].append(J.verdict(check, text, problem))
+            hidden = [c for c in plan.checks if c.hidden]
+            if not hidden:
+                continue
+            problem = self._bound.get(gid, "not-bound")
+            if problem is None and self._remaining() <= 0:
+                problem = "budget"
+                if self._over_budget is None:
+                    self._over_budget = end
+            if problem is None:
+                self._verdicts[gid] += await self._judged(hidden, P.calls_source(hidden, bound=gid), end)
+            else:
+                self._verdicts[gid] += [J.verdict(c, None, problem) for c in hidden]
             self.nb.cells[self._where[gid]].outputs = J.cell_outputs(self._verdicts[gid])
 
 

@@ -34,6 +34,7 @@ from bncheck.probes import CheckFailed
 from .plan import Check, Verdict
 
 MAX_RECORD = 4 << 20  # characters of one check's reply
+MAX_REPLY = 16 << 20  # characters of one round trip's reply (several checks)
 MAX_ARRAY = 1 << 20  # values of one recorded array
 MAX_MESSAGE = 2000
 # The mistakes a probe may report from the kernel (anything else there is malformed).
@@ -98,6 +99,17 @@ def decode(text: str) -> tuple[dict[str, np.ndarray], tuple[str, str] | None]:
             raise Malformed("bad array name")
         results[name] = _array(name, entry)
     return results, failure
+
+
+def split_replies(text: str, n: int) -> list[str] | None:
+    """The ``n`` replies of one round trip (``bncheck.probes.grader_calls``), or None if it is not that."""
+    try:
+        replies = json.loads(text)
+    except (ValueError, RecursionError, TypeError):
+        return None
+    if not (isinstance(replies, list) and len(replies) == n and all(isinstance(r, str) for r in replies)):
+        return None
+    return replies
 
 
 def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | None, str]:

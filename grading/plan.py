@@ -48,6 +48,11 @@ class Check:
     params: str  # the check's keyword arguments as JSON (a hidden seed filled in)
     hidden: bool
 
+    def call_args(self, bound: str | None = None) -> str:
+        """The check's arguments in the grader's call: ``(kind, targets, params)`` as Python source."""
+        targets = f"_p._BOUND[{bound!r}]" if bound else f"({', '.join(self.targets)},)"
+        return f"({self.kind!r}, {targets}, {self.params!r})"
+
     def call_source(self, bound: str | None = None) -> str:
         """The code the grader runs in the kernel: the probe's call, which returns its arrays as text.
 
@@ -58,6 +63,12 @@ class Check:
         targets = f"_p._BOUND[{bound!r}]" if bound else f"({', '.join(self.targets)},)"
         return (f"_p = __import__('bncheck.probes', fromlist=['grader_call'])\n"
                 f"_p.grader_call({self.kind!r}, {targets}, {self.params!r})")
+
+
+def calls_source(checks: list[Check], bound: str | None = None) -> str:
+    """The code the grader runs in the kernel for several checks at once (one round trip): a JSON list comes back."""
+    args = ", ".join(c.call_args(bound) for c in checks)
+    return f"_p = __import__('bncheck.probes', fromlist=['grader_calls'])\n_p.grader_calls([{args}])"
 
 
 @dataclass
