@@ -73,6 +73,16 @@ def _grade(args) -> int:
     root = C.make_course(args.course)
     log = root / logs.LOG_NAME
     logs.to_file(log)
+    # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
+    pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 else None
+    try:
+        return _grade_with(args, root, log, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _grade_with(args, root, log, pool) -> int:
     api = C.api(root)
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
@@ -108,7 +118,7 @@ def _grade(args) -> int:
 
         settings = {"timeout": int(math.ceil(args.timeout)), "budget": args.budget}
         records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
-                               init=functools.partial(logs.to_file, log))
+                               init=functools.partial(logs.to_file, log), pool=pool)
     graded, failures = [], []
     for sub in subs:
         record = records[(sub.assignment, sub.student)]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 PREFIX = "bn-run-"
 MAX_BASE = 40
+SHM_BEFORE = ".shm-before"
 SHM = Path("/dev/shm")
 SHM_NAMES = ("sem.mp-", "mp-", "psm_", "wnsm_")  # multiprocessing's semaphores and shared memory
 
@@ -55,6 +56,8 @@ def start() -> Run:
     if len(base) > MAX_BASE:  # the kernels' sockets live below it, and a Unix socket's path has 107 bytes at most
         base = "/tmp"
     folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
+    # what /dev/shm held before the run, listed here: the watchdog starts after this process goes on
+    (folder / SHM_BEFORE).write_text("\n".join(sorted(os.listdir(SHM))) if SHM.is_dir() else "")
     previous = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = None  # tempfile reads TMPDIR again
@@ -82,7 +85,10 @@ def _run_processes(folder: Path) -> list[int]:
 
 def watch(pid: int, folder: Path) -> None:
     """Wait for ``pid`` to end, then for the run's processes; remove the run folder and its shared-memory entries."""
-    before = set(os.listdir(SHM)) if SHM.is_dir() else set()
+    try:
+        before = set((folder / SHM_BEFORE).read_text().splitlines())
+    except OSError:
+        before = set(os.listdir(SHM)) if SHM.is_dir() else set()
     try:
         fd = os.pidfd_open(pid)
         select.select([fd], [], [])

@@ -54,6 +54,9 @@ def _find_tools() -> None:
         os.environ["PATH"] = tools + (os.pathsep + path if path else "")
 
 
+_find_tools()  # before anything of nbgrader runs in this process (a Gradebook creates its database with alembic)
+
+
 def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
     """``db_url`` with a sqlite busy timeout of ``timeout`` seconds (other databases unchanged).
 
@@ -75,7 +78,6 @@ def api(root: Path, **execute) -> NbGraderAPI:
     The one place the course's nbgrader API is built.
     """
     root = Path(root)
-    _find_tools()
     config = PyFileConfigLoader(CONFIG_NAME, path=str(root)).load_config()
     config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url)
     config.GradedExecute.course_root = str(root.resolve())

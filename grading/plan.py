@@ -49,20 +49,13 @@ class Check:
     hidden: bool
 
     def call_args(self, bound: str | None = None) -> str:
-        """The check's arguments in the grader's call: ``(kind, targets, params)`` as Python source."""
-        targets = f"_p._BOUND[{bound!r}]" if bound else f"({', '.join(self.targets)},)"
-        return f"({self.kind!r}, {targets}, {self.params!r})"
+        """The check's arguments in the grader's call: ``(kind, targets, params)`` as Python source.
 
-    def call_source(self, bound: str | None = None) -> str:
-        """The code the grader runs in the kernel: the probe's call, which returns its arrays as text.
-
-        ``bound``: the name of the module attribute holding the objects the
-        targets were bound to at the test cell (hidden checks run after the
-        learner's last cell, on the objects the test cell saw).
+        ``bound``: the test cell whose objects the check calls (hidden checks run
+        after the learner's last cell, on the objects the test cell saw).
         """
         targets = f"_p._BOUND[{bound!r}]" if bound else f"({', '.join(self.targets)},)"
-        return (f"_p = __import__('bncheck.probes', fromlist=['grader_call'])\n"
-                f"_p.grader_call({self.kind!r}, {targets}, {self.params!r})")
+        return f"({self.kind!r}, {targets}, {self.params!r})"
 
 
 def calls_source(checks: list[Check], bound: str | None = None) -> str:

@@ -151,13 +151,43 @@ def _failed(assignment: str, student: str, why: str) -> dict:
             "message": f"autograding failed: {why}"}
 
 
-def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=None) -> list:
-    """Grade ``items`` in a pool of ``jobs`` spawned workers; return the items left unfinished if a worker died."""
+def warm(log: Path | None = None) -> None:
+    """A worker's start, before any hand-in reaches it: where its log goes, the modules grading
+    imports, and the numpy assignments' zygote (a Python with IPython's kernel and numpy loaded)."""
+    if log is not None:
+        from . import logs
+
+        logs.to_file(log)
+    from nbgrader.apps import NbGraderAPI  # noqa: F401 - imported now, while the grader is still collecting
+
+    from . import execute, kernels  # noqa: F401 - the same
+    from .zygote import Zygote
+
+    Zygote.get(())
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def start_pool(jobs: int, init=None) -> ProcessPoolExecutor:
+    """A pool of ``jobs`` spawned workers, started now (each runs ``init``): they warm up while the
+    grader collects and prepares the hand-ins, then :func:`grade_all` uses them."""
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init)
+    pool.submit(_ready)  # the workers start with the first task
+    return pool
+
+
+def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=None, pool=None) -> list:
+    """Grade ``items`` in a pool of ``jobs`` spawned workers (``pool``, or a fresh one); return the items
+    left unfinished if a worker died."""
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
     unfinished = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=init) as pool:
+    if pool is None:
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=init)
+    with pool:
         pending = {pool.submit(_grade_marked, grade, course_root, a, s, text): (a, s, text) for a, s, text in items}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -175,14 +205,15 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=Non
 
 
 def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None, grade=None,
-              init=None) -> dict:
+              init=None, pool=None) -> dict:
     """Grade ``work`` = [(assignment, student, notebook JSON)] with ``jobs`` processes.
 
     ``on_done(record)`` is called in this process as each submission finishes
     (in completion order); returns ``{(assignment, student): record}``.
     ``grade`` is :func:`grade_one` unless given (a picklable function with
     the same signature); ``init`` runs first in each worker process (where
-    its log goes, say).
+    its log goes, say); ``pool``, from :func:`start_pool`, is used for the
+    first round instead of a fresh one.
 
     A worker process that dies (a crash, the out-of-memory killer) breaks
     the whole pool, and every submission the pool had not finished comes
@@ -202,6 +233,8 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
             on_done(record)
 
     if jobs <= 1 or len(work) <= 1:
+        if pool is not None:
+            pool.shutdown()
         for assignment, student, text in work:
             finish(grade(course_root, assignment, student, text))
         return results
@@ -209,7 +242,8 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
     shutil.rmtree(inflight, ignore_errors=True)
     todo = list(work)
     while todo:
-        unfinished = _pool_run(course_root, todo, jobs, grade, finish, init)
+        unfinished = _pool_run(course_root, todo, jobs, grade, finish, init, pool)
+        pool = None  # a later round (after a worker died) gets a fresh pool
         suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
         if unfinished and not suspects:  # the workers die before grading anything: nothing to retry alone
             for a, s, _ in unfinished:
