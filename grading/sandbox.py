@@ -9,13 +9,13 @@ step               what the kernel gets
 =================  ===============================================================
 private mounts     nothing it mounts is seen outside, nothing mounted outside is seen
 empty root         a tmpfs, read-only once built: nothing but what follows
+fresh /tmp         an empty tmpfs (first: the environment or the sandbox may lie below it)
 system             ``/usr`` (and the ``/bin``, ``/lib`` links to it) read-only, no setuid
 python             the Python installation and the virtual environment, read-only
 no course code     the environment's copy of the course packages masked (empty)
 numpy only         for a numpy-only assignment, PyTorch, TensorFlow, Keras and JAX
                    replaced by a module that raises "numpy only"
 sandbox            its own sandbox folder, read-write, at the same path
-fresh /tmp         an empty tmpfs
 minimal /dev       ``null``, ``zero``, ``full``, ``random``, ``urandom``; a fresh ``/dev/shm``
 fresh /proc        the processes of its own PID namespace only
 pivot              the view becomes ``/``; the old root is detached
@@ -165,8 +165,11 @@ def numpy_only(root: Path) -> None:
                 _readonly("numpy only", target)
 
 
-def sandbox(root: Path, folder: Path) -> None:
+def fresh_tmp(root: Path) -> None:
     _tmpfs("fresh /tmp", _inside(root, "/tmp"), "1777", "256m")
+
+
+def sandbox(root: Path, folder: Path) -> None:
     _bind("sandbox", folder, root, writable=True, recursive=False)  # not the view being built inside it
 
 
@@ -214,6 +217,7 @@ def build(folder: Path, *, frameworks: bool) -> None:
     root = folder / ".jail-root"
     private_mounts()
     empty_root(root)
+    fresh_tmp(root)  # first: the Python environment or the sandbox may lie below /tmp
     mounted = system(root)
     python(root, mounted)
     no_course_code(root)
@@ -246,6 +250,7 @@ try:
     assert sorted(os.listdir("/proc"))[0].isdigit() and os.getpid() == 1, "the view's /proc is not its own"
     assert not os.listdir("/dev/shm"), "the view's /dev/shm is not empty"
     assert not (Path({project!r}) / "solutions").exists(), "the project is visible"
+    import numpy, ipykernel.kernelapp  # noqa: F401 - the kernel's Python environment works in the view
 except Exception as e:
     sys.stderr.write(str(e) + "\\n")
     os._exit(3)
