@@ -273,3 +273,32 @@ def test_the_zygote_reports_each_kernels_real_exit_status(tmp_path):
 
         assert asyncio.run(go()) == want, f"{code!r}: expected status {want}"
     assert Zygote._instances, "the kernels did not come from a zygote"
+
+
+@pytest.mark.skipif(not FULL, reason=f"the jail's namespaces are not available here: {jail.isolation()}")
+def test_a_python_environment_below_tmp_stays_visible_in_the_view(tmp_path):
+    """A checkout under /tmp (CI's clone) has its venv there: the fresh /tmp must not hide it."""
+    import subprocess
+
+    env_root = tmp_path / "venv"
+    (env_root / "lib").mkdir(parents=True)
+    (env_root / "lib" / "marker.txt").write_text("here")
+    sandbox_dir = tmp_path / "sandbox"
+    sandbox_dir.mkdir()
+    code = f"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {str(jail.PROJECT)!r})
+from grading import sandbox
+roots = sandbox.python_roots()
+sandbox.python_roots = lambda: roots + [Path({str(env_root)!r})]
+if sandbox._libc.unshare(0x00020000 | 0x20000000) != 0:
+    sys.exit("unshare")
+pid = os.fork()
+if pid:
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+sandbox.build(Path({str(sandbox_dir)!r}), frameworks=False)
+os._exit(0 if open({str(env_root / "lib" / "marker.txt")!r}).read() == "here" else 5)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
