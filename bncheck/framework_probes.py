@@ -363,14 +363,6 @@ def state_vector(module) -> np.ndarray:
     return np.concatenate(values) if values else np.zeros(0)
 
 
-def _state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _same_state(a, b):
-    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
-
-
 def predict_setup(seed: int, start_training: bool):
     """``(model, x)``: Linear-BatchNorm1d-ReLU-Linear with running statistics drawn from
     ``seed``, in training mode if ``start_training``, and a float32 batch ``(N, n_in)``."""

@@ -63,26 +63,21 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     run = cleanup.start()  # every temporary folder of the run in one, removed even if the run is killed
+    pool = None
     try:
-        return _grade(args)
-    finally:
-        run.finish()
-
-
-def _grade(args) -> int:
-    root = C.make_course(args.course)
-    log = root / logs.LOG_NAME
-    logs.to_file(log)
-    # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
-    pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 else None
-    try:
-        return _grade_with(args, root, log, pool)
+        root = C.make_course(args.course)
+        log = root / logs.LOG_NAME
+        logs.to_file(log)
+        # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
+        pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 else None
+        return _grade(args, root, log, pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        run.finish()
 
 
-def _grade_with(args, root, log, pool) -> int:
+def _grade(args, root, log, pool) -> int:
     api = C.api(root)
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}

@@ -73,7 +73,7 @@ def grading_url(db_url: str, timeout: float = DB_TIMEOUT_S) -> str:
 def api(root: Path, **execute) -> NbGraderAPI:
     """nbgrader's API for the course at ``root``, configured by its ``nbgrader_config.py``
     (the gradebook opened with a long busy timeout); ``execute`` sets traits of
-    :class:`grading.execute.GradedExecute` for this API's runs (``sandbox_root``, ``preload``).
+    :class:`grading.execute.GradedExecute` for this API's runs (``sandbox_root``, ``timeout``, ``budget``).
 
     The one place the course's nbgrader API is built.
     """

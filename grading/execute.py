@@ -37,7 +37,7 @@ from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Float, Integer, Unicode
 
 from . import jail
 from . import judge as J
@@ -51,17 +51,11 @@ def _gid(cell) -> str | None:
     return meta.get("grade_id") if isinstance(meta, dict) else None
 
 
-def _bind_source(cell: P.CellPlan) -> str:
-    return (f"_p = __import__('bncheck.probes', fromlist=['bind'])\n"
-            f"_p.bind({cell.cell!r}, ({', '.join(cell.targets)},))")
-
-
 class GradedExecute(Execute):
     """nbgrader's Execute, with the checks of test cells called and judged by the grader (see the module)."""
 
     course_root = Unicode("", help="The course folder: solutions/ and the course secret are read there.").tag(config=True)
     sandbox_root = Unicode("", help="Folder for the kernels' sandboxes (a temporary folder when empty).").tag(config=True)
-    preload = List(Unicode(), help="Frameworks the kernels' zygote imports before forking (the assignment's).").tag(config=True)
     max_deaths = Integer(3, help="Kernels that may die (or time out) in one notebook before grading gives up.").tag(config=True)
     budget = Float(300.0, help="Wall-clock seconds one submission's cells may take, all together (and as much again "
                                "for its hidden checks); past it the rest is not run and scores 0.").tag(config=True)
@@ -70,10 +64,14 @@ class GradedExecute(Execute):
     def preprocess(self, nb, resources=None, km=None):
         info = (resources or {}).get("nbgrader", {})
         assignment, notebook, student = info["assignment"], info["notebook"], info["student"]
-        root = Path(self.course_root or Path(info.get("db_url", "sqlite:///./x").split("///", 1)[-1]).parent)
+        if not self.course_root:
+            raise ValueError("GradedExecute.course_root: expected the course folder (grading.course.api sets it); got ''")
+        root = Path(self.course_root)
         source = root / "solutions" / assignment / f"{notebook}.ipynb"
         self._plan = P.plan(source, P.course_secret(root))
-        self._frameworks = bool(jail.frameworks_of(source))  # else the kernel cannot import them at all
+        used = jail.frameworks_of(source)  # the kernel cannot import any other framework at all
+        self._frameworks = used
+        self._preload = used if jail.preloading() else ()
         self._verdicts: dict[str, list[P.Verdict]] = {gid: [] for gid in self._plan}
         self._where: dict[str, int] = {}
         self._bound: dict[str, str | None] = {}  # test cell: None if its objects are bound, else why not
@@ -91,7 +89,7 @@ class GradedExecute(Execute):
     def create_kernel_manager(self):
         km = super().create_kernel_manager()
         if hasattr(km, "sandbox_root"):  # the jailed kernel manager takes this run's settings
-            km.sandbox_root, km.preload, km.frameworks = self.sandbox_root, list(self.preload), self._frameworks
+            km.sandbox_root, km.preload, km.frameworks = self.sandbox_root, list(self._preload), bool(self._frameworks)
         return km
 
     def _save(self, root: Path, student: str, assignment: str) -> None:
@@ -248,7 +246,7 @@ class GradedExecute(Execute):
         return [J.verdict(c, reply) for c, reply in zip(checks, replies)]
 
     async def _bind(self, cell: P.CellPlan, cell_index: int) -> None:
-        _, problem = await self._call(_bind_source(cell), cell_index)
+        _, problem = await self._call(P.bind_source(cell), cell_index)
         self._bound[cell.cell] = problem
 
     async def _test_cell(self, cell, cell_index: int, gid: str) -> None:

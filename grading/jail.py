@@ -124,26 +124,25 @@ def frameworks_of(source_notebook: Path) -> tuple[str, ...]:
     return tuple(f for f in FRAMEWORKS if f in found)
 
 
+def preloading() -> bool:
+    """False where the instructor set ``BNCOURSE_PRELOAD_FRAMEWORKS=0`` (then each kernel imports its
+    own frameworks, should one ever misbehave after a fork)."""
+    return os.environ.get("BNCOURSE_PRELOAD_FRAMEWORKS", "1") != "0"
+
+
 def preload_for(source_notebook: Path) -> tuple[str, ...]:
-    """:func:`frameworks_of`, or none where the instructor set ``BNCOURSE_PRELOAD_FRAMEWORKS=0``
-    (then each kernel imports its own frameworks, should one ever misbehave after a fork)."""
-    if os.environ.get("BNCOURSE_PRELOAD_FRAMEWORKS", "1") == "0":
-        return ()
-    return frameworks_of(source_notebook)
+    """The frameworks the zygote imports for the assignment: :func:`frameworks_of`, unless :func:`preloading` is off."""
+    return frameworks_of(source_notebook) if preloading() else ()
 
 
 # ------------------------------------------------------- the jail's steps --
-def _libc():
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _sys(name: str, *args) -> None:
     """Call a libc function; raise OSError on failure."""
     import ctypes
 
-    if getattr(_libc(), name)(*args) != 0:
+    from .sandbox import _libc
+
+    if getattr(_libc, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}{args}: {os.strerror(err)}")
 

@@ -184,16 +184,10 @@ def autograde(api, assignment: str, student: str) -> dict:
     sandbox folder of their own, removed afterwards. Returns nbgrader's result
     dict (``success``, ``error``, ``log``) with ``verdicts`` added.
     """
-    from . import jail
-
     root = Path(api.coursedir.root)
     sandboxes = Path(tempfile.mkdtemp(prefix="bn-sub-"))
     os.chmod(sandboxes, 0o755)
-    source = root / "solutions" / assignment / f"{assignment}.ipynb"
-    settings = api.config.GradedExecute
-    settings.course_root = str(root)
-    settings.sandbox_root = str(sandboxes)
-    settings.preload = list(jail.preload_for(source))
+    api.config.GradedExecute.sandbox_root = str(sandboxes)
     try:
         result = api.autograde(assignment, student)
         if result.get("success"):

@@ -58,6 +58,12 @@ class Check:
         return f"({self.kind!r}, {targets}, {self.params!r})"
 
 
+def bind_source(cell: CellPlan) -> str:
+    """The code the grader runs in the kernel at a test cell: keep the objects its hidden checks will call."""
+    return (f"_p = __import__('bncheck.probes', fromlist=['bind'])\n"
+            f"_p.bind({cell.cell!r}, ({', '.join(cell.targets)},))")
+
+
 def calls_source(checks: list[Check], bound: str | None = None) -> str:
     """The code the grader runs in the kernel for several checks at once (one round trip): a JSON list comes back."""
     args = ", ".join(c.call_args(bound) for c in checks)
