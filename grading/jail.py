@@ -179,7 +179,8 @@ def keep(kernel: int) -> None:
     _, status = os.waitpid(kernel, 0)
     if os.WIFSIGNALED(status):  # the zygote sees the kernel's own signal
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # these two cannot be handled, so cannot be reset either
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)

@@ -278,6 +278,24 @@ def test_the_zygote_reports_each_kernels_real_exit_status(tmp_path):
     assert Zygote._instances, "the kernels did not come from a zygote"
 
 
+def test_a_kernel_the_grader_kills_is_recorded_as_killed(tmp_path):
+    """Grading ends each kernel with a kill (GradedExecute.shutdown_kernel is "immediate"): the keeper passes the
+    kernel's SIGKILL on as its own status (it once failed resetting SIGKILL's handler, and exited with an error)."""
+
+    async def go():
+        km = jail.JailedKernelManager(kernel_name="python3", sandbox_root=str(tmp_path))
+        await km.start_kernel()
+        proc = km.provisioner.process
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+        return proc.returncode
+
+    assert asyncio.run(go()) == -signal.SIGKILL
+
+
 @pytest.mark.skipif(not FULL, reason=f"the jail's namespaces are not available here: {jail.isolation()}")
 def test_a_python_environment_below_tmp_stays_visible_in_the_view(tmp_path):
     """A checkout under /tmp (CI's clone) has its venv there: the fresh /tmp must not hide it."""
