@@ -91,9 +91,42 @@ def _check(result: dict, what: str) -> None:
         raise RuntimeError(f"nbgrader {what} failed:\n{result.get('error') or result.get('log')}")
 
 
+def create_gradebook(db_url: str) -> bool:
+    """Create the gradebook at ``db_url`` as nbgrader would; return False if it had tables already (left as it is).
+
+    nbgrader's ``Gradebook`` creates a new database's tables, then runs the
+    ``alembic heads`` command (a new Python process: 1.7 s of every fresh
+    run here) for the schema version to record. The same version is read here
+    in this process, from nbgrader's own migration scripts, by alembic's
+    ``ScriptDirectory``, and recorded by alembic's ``MigrationContext.stamp``
+    (nbgrader's migration environment is not run: it would reconfigure this
+    process's logging). nbgrader then finds the tables and creates nothing.
+    """
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from nbgrader.api import Base
+    from nbgrader.dbutil import ALEMBIC_DIR
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            if inspect(conn).get_table_names():
+                return False
+            Base.metadata.create_all(conn)
+            scripts = Config()
+            scripts.set_main_option("script_location", ALEMBIC_DIR)
+            MigrationContext.configure(conn).stamp(ScriptDirectory.from_config(scripts), "head")
+        return True
+    finally:
+        engine.dispose()
+
+
 def generate(course: NbGraderAPI, names=None) -> None:
     """Generate the student versions of ``names`` (all assignments by default) into ``release/``."""
     root = Path(course.coursedir.root)
+    create_gradebook(course.coursedir.db_url)
     for name in names or assignments(root):
         _check(course.generate_assignment(name), f"generate_assignment {name}")
 
