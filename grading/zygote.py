@@ -35,13 +35,19 @@ import threading
 import time
 from pathlib import Path
 
-PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp")  # what every graded kernel imports
+# What every graded kernel imports: numpy, and what IPython's kernel imports as it starts. ipykernel imports
+# its debugger (debugpy, pydevd: 0.07 s) and its shell lazily, in each kernel; imported here once, a kernel's
+# start takes 0.04 s instead of 0.11 (measured with the modules a kernel's IPKernelApp.initialize imports).
+PRELOAD = ("numpy", "numpy.random", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
+           "ipykernel.debugger", "debugpy.server", "psutil", "pdb", "IPython.extensions", "faulthandler",
+           "tornado.platform.asyncio")
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------ the zygote itself --
 def serve(fd: int, frameworks: list[str]) -> None:
     """Import :data:`PRELOAD` and ``frameworks``, then answer requests on socket ``fd`` until EOF."""
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # pydevd's import would warn about frozen modules
     for name in (*PRELOAD, *frameworks):
         __import__(name)
     from .jail import contain  # the jail's steps, run by each child
@@ -175,8 +181,10 @@ class Zygote:
         if zygote is None or zygote.proc.poll() is not None:
             zygote = cls._instances[frameworks] = cls(frameworks)
             import atexit
+            from multiprocessing import util
 
             atexit.register(zygote.close)
+            util.Finalize(zygote, zygote.close, exitpriority=10)  # a forked pool worker ends without atexit
         return zygote
 
     def _ask(self, message: dict) -> tuple[dict, list[int]]:
