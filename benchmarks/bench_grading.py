@@ -12,13 +12,15 @@ mixed; see ``grading.samples``) is graded
     does out of the box);
 (a') the same with the course's whole configuration: every kernel jailed,
     forked by the zygote (``grading.jail``), still one at a time;
-(b) by the instructor's command, ``python -m grading --jobs J`` (autograde,
-    judge, feedback, journal, grades.csv and report);
+(b1) by the instructor's command with ``--jobs 1``: all of its work (autograde,
+    judge, feedback, journal, grades.csv and report), one notebook at a time;
+(b) by the instructor's command, ``python -m grading --jobs J``: the same work,
+    J notebooks at a time;
 (c) by executing each filled notebook once with nbclient (``NotebookClient``,
     a plain kernel, no grading): the floor any grader pays per notebook.
 
 It prints the load average, seconds per notebook, throughput, (b)'s speed-up
-over (a) (the target: 3x with 2 cores) and over (a') (the target: 1.7x),
+over (a) (the target: 3x with 2 cores) and over (a') and over (b1) (the target: 1.7x),
 the per-notebook cost of (b) over (c), and what a class of 300
 students x 6 assignments would take at (b)'s measured throughput. It also
 reports which heavy frameworks each assignment's kernel had imported after
@@ -155,6 +157,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--assignments: expected names from {C.assignments()}; got {sorted(unknown)}")
     load = os.getloadavg()
+    log = open(os.devnull, "w")  # noqa: SIM115 - the kernels' and nbgrader's chatter (plain kernels warn on stderr)
+    saved_stderr = os.dup(2)
+    os.dup2(log.fileno(), 2)
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-grading-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
@@ -169,17 +174,21 @@ def main(argv=None) -> int:
         t_a = run_sequential_nbgrader(base / "course-a", src, work, stock=True)
         print("(a') sequential nbgrader autograde, jailed kernels ...", flush=True)
         t_aj = run_sequential_nbgrader(base / "course-aj", src, work, stock=False)
+        print("(b1) python -m grading --jobs 1 ...", flush=True)
+        t_b1 = run_command(base / "course-b1", src, 1)
         print(f"(b) python -m grading --jobs {args.jobs} ...", flush=True)
         t_b = run_command(base / "course-b", src, args.jobs)
         print("(c) nbclient, each notebook once ...", flush=True)
         t_c, heavy = run_nbclient(src, work)
     finally:
+        os.dup2(saved_stderr, 2)
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(f"{'run':<44}{'s/notebook':>12}{'notebooks/min':>15}")
     for label, t in (("(a) plain sequential nbgrader autograde", t_a), ("(a') the same, jailed kernels (zygote)", t_aj),
-                     (f"(b) python -m grading --jobs {args.jobs}", t_b), ("(c) plain nbclient execution", t_c)):
+                     ("(b1) python -m grading --jobs 1", t_b1), (f"(b) python -m grading --jobs {args.jobs}", t_b),
+                     ("(c) plain nbclient execution", t_c)):
         print(f"{label:<44}{t / n:>12.2f}{60 * n / t:>15.1f}")
     speedup = t_a / t_b
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
@@ -187,6 +196,8 @@ def main(argv=None) -> int:
     print(f"throughput of (b) / (a): {speedup:.2f}x   (target >= 3x with 2 cores)")
     print(f"throughput of (b) / (a'): {t_aj / t_b:.2f}x   (target >= 1.7x: parallel grading against the same jailed kernels "
           f"one at a time; (b) also writes feedback, grades.csv and the report)")
+    print(f"throughput of (b) / (b1): {t_b1 / t_b:.2f}x   (target >= 1.7x: the instructor's whole command, "
+          f"--jobs {args.jobs} against --jobs 1, the same work done in parallel or one notebook at a time)")
     print(f"per-notebook time, (a) / (c): {t_a / t_c:.2f}x   (nbgrader's own overhead over executing the notebook)")
     print(f"per-notebook time, (a') / (c): {t_aj / t_c:.2f}x")
     per_b = t_b * min(args.jobs, os.cpu_count() or 1) / n  # process-seconds each notebook cost in (b)
