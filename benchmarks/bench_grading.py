@@ -111,14 +111,18 @@ def run_sequential_nbgrader(course: Path, src: Path, work, stock: bool) -> float
 
 
 def run_command(course: Path, src: Path, jobs: int) -> float:
-    """(b): the instructor's command, end to end, in this process (its workers are spawned)."""
-    from grading.__main__ import main
+    """(b) or (b1): the instructor's command, end to end, as the instructor runs it (a new process)."""
+    import subprocess
 
+    cmd = [sys.executable, "-m", "grading", str(src), "--course", str(course), "--jobs", str(jobs)]
     t = time.perf_counter()
-    rc = main([str(src), "--course", str(course), "--jobs", str(jobs)])
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
-    if rc != 0:
-        raise SystemExit(f"python -m grading returned {rc}")
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode != 0 or not last.startswith(f"graded {len(list(src.glob('*.ipynb')))} of"):
+        raise SystemExit(f"python -m grading --jobs {jobs} failed (status {done.returncode}):\n"
+                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    print(f"  {last}")
     return elapsed
 
 

@@ -177,13 +177,19 @@ def start_pool(jobs: int, init=None) -> ProcessPoolExecutor:
     The workers are forked, with grading's modules already imported here: a spawned worker imported
     them again (1.9 s of CPU each, on the two cores the workers then grade on). The pool is started
     first thing, while this process holds no thread, database connection or kernel zygote, which is
-    what makes a fork safe. (A pool started later, after a worker died, is spawned: see _pool_run.)
+    what makes a fork safe; a process that holds threads or kernel zygotes already (grading called as a
+    library, after other work) spawns its workers instead, as does a pool started later, after a worker
+    died (see _pool_run).
     """
+    import threading
+
     from nbgrader.apps import NbGraderAPI  # noqa: F401 - imported once, here, for every worker
 
     from . import execute, kernels  # noqa: F401 - the same
+    from .zygote import Zygote
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"), initializer=init)
+    method = "fork" if threading.active_count() == 1 and not Zygote._instances else "spawn"
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method), initializer=init)
     pool.submit(_ready)  # the workers start with the first task
     return pool
 

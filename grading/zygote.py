@@ -157,6 +157,7 @@ class Zygote:
     _instances: dict[tuple[str, ...], Zygote] = {}
 
     def __init__(self, frameworks: tuple[str, ...] = ()):
+        self.owner = os.getpid()
         from .jail import PASSED_ON
 
         mine, theirs = socket.socketpair()
@@ -178,7 +179,8 @@ class Zygote:
     @classmethod
     def get(cls, frameworks: tuple[str, ...] = ()) -> Zygote:
         zygote = cls._instances.get(frameworks)
-        if zygote is None or zygote.proc.poll() is not None:
+        # a forked process (a pool worker) inherits its parent's zygotes: they are the parent's, not its own
+        if zygote is None or zygote.owner != os.getpid() or zygote.proc.poll() is not None:
             zygote = cls._instances[frameworks] = cls(frameworks)
             import atexit
             from multiprocessing import util
