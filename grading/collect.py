@@ -204,6 +204,10 @@ def _repair(raw: dict, notes: list[str]):
     for i, cell in enumerate(cells, 1):
         _repair_cell(i, cell, ids, notes)
     for _ in range(len(raw["metadata"]) + 1):
+        # nbformat's default validator (fastjsonschema) says yes or no 10x faster; only a notebook it
+        # rejects is walked with jsonschema for the errors to repair or report
+        if nbformat.validator.isvalid(raw, version=4, version_minor=CURRENT_MINOR):
+            break
         errors = list(nbformat.validator.iter_validate(raw, version=4, version_minor=CURRENT_MINOR))
         if not errors:
             break
@@ -284,10 +288,15 @@ def _repair_cell(i: int, cell, ids: set[str], notes: list[str]) -> None:
 
 
 @functools.cache
-def _nbgrader_schema() -> dict:
+def _nbgrader_validator():
+    """A jsonschema validator for nbgrader's cell metadata, built (and its schema checked) once:
+    ``jsonschema.validate`` checks the schema itself on every call (90% of collecting a class)."""
     from nbgrader.nbgraderformat import MetadataValidator
 
-    return MetadataValidator().schema
+    schema = MetadataValidator().schema
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def nbgrader_errors(nb) -> str | None:
@@ -299,7 +308,7 @@ def nbgrader_errors(nb) -> str | None:
     keys and their types), a grade id on every graded, solution or locked cell,
     points on every graded one, and no grade id twice.
     """
-    schema = _nbgrader_schema()
+    validator = _nbgrader_validator()
     seen = set()
     for i, cell in enumerate(nb.cells, 1):
         if "nbgrader" not in cell.metadata:
@@ -307,9 +316,8 @@ def nbgrader_errors(nb) -> str | None:
         meta = cell.metadata["nbgrader"]
         if not isinstance(meta, dict):
             return f"cell {i}: its nbgrader metadata is {_describe(meta)}; expected an object"
-        try:
-            jsonschema.validate(meta, schema)
-        except jsonschema.ValidationError as e:
+        e = jsonschema.exceptions.best_match(validator.iter_errors(meta))  # the error jsonschema.validate raises
+        if e is not None:
             return f"cell {i}: its nbgrader metadata does not fit nbgrader's schema: {e.message[:200]}"
         if meta["grade"] or meta["solution"] or meta["locked"]:
             gid = meta.get("grade_id")
