@@ -32,11 +32,12 @@ from pathlib import Path
 import nbformat
 from tqdm import tqdm
 
-from . import cleanup, logs
+from . import cleanup, jail, logs
 from . import collect as K
 from . import course as C
 from . import report as R
 from . import runner as G
+from .zygote import Zygote
 
 
 def parse(argv):
@@ -68,16 +69,19 @@ def main(argv=None) -> int:
         root = C.make_course(args.course)
         log = root / logs.LOG_NAME
         logs.to_file(log)
+        if args.jobs > 1:  # one numpy kernel zygote for all the workers, started now
+            Zygote.share(run.folder)
         # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
         pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 else None
-        return _grade(args, root, log, pool)
+        return _grade(args, root, log, pool, run.folder)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        Zygote.unshare()
         run.finish()
 
 
-def _grade(args, root, log, pool) -> int:
+def _grade(args, root, log, pool, run_folder) -> int:
     api = C.api(root)
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
@@ -90,6 +94,10 @@ def _grade(args, root, log, pool) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if pool is not None:  # the framework zygotes the class needs, one for all workers, importing while we go on
+        for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in {s.assignment for s in subs}}):
+            if frameworks:
+                Zygote.share(run_folder, frameworks)
     C.generate(api, sorted({s.assignment for s in subs}))
     journal = G.Journal(root)
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)

@@ -177,9 +177,9 @@ def start_pool(jobs: int, init=None) -> ProcessPoolExecutor:
     The workers are forked, with grading's modules already imported here: a spawned worker imported
     them again (1.9 s of CPU each, on the two cores the workers then grade on). The pool is started
     first thing, while this process holds no thread, database connection or kernel zygote, which is
-    what makes a fork safe; a process that holds threads or kernel zygotes already (grading called as a
-    library, after other work) spawns its workers instead, as does a pool started later, after a worker
-    died (see _pool_run).
+    what makes a fork safe; a process that holds threads or kernel zygotes of its own already (grading
+    called as a library, after other work) spawns its workers instead, as does a pool started later,
+    after a worker died (see _pool_run). Forked workers use the run's shared zygotes (:meth:`Zygote.share`).
     """
     import threading
 
@@ -188,7 +188,8 @@ def start_pool(jobs: int, init=None) -> ProcessPoolExecutor:
     from . import execute, kernels  # noqa: F401 - the same
     from .zygote import Zygote
 
-    method = "fork" if threading.active_count() == 1 and not Zygote._instances else "spawn"
+    own = [z for z in Zygote._instances.values() if not z.path]  # the shared ones (Zygote.share) are for the workers
+    method = "fork" if threading.active_count() == 1 and not own else "spawn"
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method), initializer=init)
     pool.submit(_ready)  # the workers start with the first task
     return pool

@@ -17,7 +17,15 @@ The protocol, one JSON object a line on a socket pair:
   ``subprocess`` writes it (negative: killed by that signal); the zygote
   reaps its children itself (``SIGCHLD``), as a forkserver must, so that no
   status is lost;
-- end of file: the zygote exits.
+- end of file on the socket pair of the process that started it: the zygote exits.
+
+A grading run with several worker processes shares its zygotes
+(:meth:`Zygote.share`): the run's main process starts one per set of
+frameworks the class needs, each also listening on a Unix socket in the run
+folder, and each worker connects there (:meth:`Zygote.get`) instead of
+starting its own; a Keras-and-PyTorch zygote costs 5 s of CPU to start, once
+per run instead of once per worker. Each connection speaks the same
+protocol; a kernel's pidfd goes to the worker that asked for it.
 """
 
 from __future__ import annotations
@@ -45,14 +53,16 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------ the zygote itself --
-def serve(fd: int, frameworks: list[str]) -> None:
-    """Import :data:`PRELOAD` and ``frameworks``, then answer requests on socket ``fd`` until EOF."""
+def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> None:
+    """Import :data:`PRELOAD` and ``frameworks``, then answer requests on socket ``fd`` until EOF, and on
+    each connection to the listening socket ``listener_fd`` (if given) until it closes."""
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # pydevd's import would warn about frozen modules
     for name in (*PRELOAD, *frameworks):
         __import__(name)
     from .jail import contain  # the jail's steps, run by each child
 
     statuses: dict[int, int] = {}
+    forked: dict[socket.socket, dict[int, bool]] = {}  # each worker connection's kernels, not yet reaped: pid -> namespaced
 
     def reap(*_):
         while True:
@@ -63,35 +73,67 @@ def serve(fd: int, frameworks: list[str]) -> None:
             if pid == 0:
                 return
             statuses[pid] = os.waitstatus_to_exitcode(status)
+            for kernels in forked.values():  # reaped: its pid may be reused, never to be signalled again
+                kernels.pop(pid, None)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader decides when the zygote ends (EOF)
     signal.signal(signal.SIGCHLD, reap)
     chan = socket.socket(fileno=fd)
-    buf = b""
+    listener = None if listener_fd is None else socket.socket(fileno=listener_fd)
+    buffers: dict[socket.socket, bytes] = {chan: b""}  # the owner's channel, and one per connected worker
+
+    def end_kernels_of(sock) -> None:
+        """A worker that went away (a crash) leaves no kernel running: as ForkedKernel.kill would."""
+        reap()
+        for pid, namespaced in forked.pop(sock, {}).items():  # not reaped: still this zygote's child
+            with contextlib.suppress(ProcessLookupError):
+                if namespaced:
+                    os.kill(pid, signal.SIGTERM)  # the keeper kills its kernel (PID 1 of the jail, so all of it)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
+
     while True:
-        data = chan.recv(1 << 16)
-        if not data:
-            return
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            message = json.loads(line)
-            if "status" in message:
-                pid = int(message["status"])
-                reap()
-                chan.sendall(json.dumps({"pid": pid, "status": statuses.pop(pid, None)}).encode() + b"\n")
+        ready, _, _ = select.select([*buffers, *([listener] if listener else [])], [], [])
+        for sock in ready:
+            if sock is listener:
+                conn, _ = listener.accept()
+                buffers[conn] = b""
                 continue
-            pid = os.fork()
-            if pid == 0:
-                chan.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                contain(message["spawn"])  # never returns
-            fds = []
-            with contextlib.suppress(AttributeError, OSError):
-                fds = [os.pidfd_open(pid)]
-            socket.send_fds(chan, [json.dumps({"pid": pid}).encode() + b"\n"], fds)
-            for f in fds:
-                os.close(f)
+            data = sock.recv(1 << 16)
+            if not data:
+                if sock is chan:
+                    return  # the process that started the zygote is gone
+                del buffers[sock]
+                end_kernels_of(sock)
+                sock.close()
+                continue
+            buf = buffers[sock] + data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                message = json.loads(line)
+                if "status" in message:
+                    pid = int(message["status"])
+                    reap()
+                    sock.sendall(json.dumps({"pid": pid, "status": statuses.pop(pid, None)}).encode() + b"\n")
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    for other in (*buffers, listener):
+                        if other is not None:
+                            other.close()
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    contain(message["spawn"])  # never returns
+                if sock is not chan:
+                    forked.setdefault(sock, {})[pid] = bool(message["spawn"].get("namespaced"))
+                    if pid in statuses:  # it ended, and was reaped, before it was recorded
+                        forked[sock].pop(pid)
+                fds = []
+                with contextlib.suppress(AttributeError, OSError):
+                    fds = [os.pidfd_open(pid)]
+                socket.send_fds(sock, [json.dumps({"pid": pid}).encode() + b"\n"], fds)
+                for f in fds:
+                    os.close(f)
+            buffers[sock] = buf
 
 
 # ----------------------------------------------------- the grader's side ---
@@ -155,38 +197,108 @@ class Zygote:
     """A zygote of this process, one per set of preloaded frameworks, started on first use and ended with the process."""
 
     _instances: dict[tuple[str, ...], Zygote] = {}
+    shared_dir: str | None = None  # where the run's shared zygotes listen (set by share(), inherited by a fork)
 
-    def __init__(self, frameworks: tuple[str, ...] = ()):
+    def __init__(self, frameworks: tuple[str, ...] = (), listen: str | None = None):
+        """Start a zygote for ``frameworks``; with ``listen`` (a path), it also serves connections there."""
         self.owner = os.getpid()
         from .jail import PASSED_ON
 
         mine, theirs = socket.socketpair()
-        self.chan = mine
+        self.chan, self.path = mine, listen
+        fds, args = [theirs.fileno()], [str(theirs.fileno())]
+        listener = None
+        if listen:  # bound here, so the path exists before this returns; the zygote accepts on it
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(listen)
+            os.chmod(listen, 0o600)
+            listener.listen(64)
+            fds.append(listener.fileno())
+            args = ["--listen", str(listener.fileno()), *args]
         env = {k: os.environ[k] for k in ("PATH", "LANG", *PASSED_ON) if k in os.environ}
         self.home = tempfile.mkdtemp(prefix="bn-zygote-")  # Keras writes its settings under HOME when imported
         from . import logs
 
         with open(logs.current(), "ab") if logs.current() else contextlib.nullcontext() as log:  # the frameworks' start-up lines
-            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", str(theirs.fileno()), *frameworks],
-                                         pass_fds=(theirs.fileno(),), cwd=self.home,
+            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", *args, *frameworks],
+                                         pass_fds=tuple(fds), cwd=self.home,
                                          env=env | {"HOME": self.home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         theirs.close()
+        if listener is not None:
+            listener.close()
         self.lock = threading.Lock()
         self.buf = b""
         self.fds: list[int] = []
 
     @classmethod
+    def _attach(cls, path: str) -> Zygote:
+        """A connection to the shared zygote listening at ``path``, used like one's own."""
+        self = cls.__new__(cls)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        self.owner, self.chan, self.path, self.proc, self.home = os.getpid(), sock, path, None, None
+        self.lock, self.buf, self.fds = threading.Lock(), b"", []
+        return self
+
+    @staticmethod
+    def _name(frameworks: tuple[str, ...]) -> str:
+        return "-".join(frameworks) or "numpy"
+
+    @classmethod
+    def share(cls, folder: str | os.PathLike, frameworks: tuple[str, ...] = ()) -> Zygote | None:
+        """This process's zygote for ``frameworks``, started now and listening in ``folder`` (the run folder) for
+        the processes this one forks next, which use it instead of starting their own (:meth:`get`).
+        None (each process then starts its own) where the socket cannot be made there."""
+        cls.shared_dir = str(folder)
+        path = os.path.join(cls.shared_dir, f"zygote-{cls._name(frameworks)}.sock")
+        zygote = cls._instances.get(frameworks)
+        if zygote is not None and zygote._alive() and zygote.path == path:
+            return zygote
+        try:
+            return cls._keep(frameworks, cls(frameworks, listen=path))
+        except OSError as e:  # a path too long for a Unix socket, say
+            import logging
+
+            logging.getLogger(__name__).warning("kernel zygote for %s not shared (%s): each worker starts its own",
+                                                cls._name(frameworks), e)
+            return None
+
+    @classmethod
+    def unshare(cls) -> None:
+        """End this process's shared zygotes (at the end of the run that shared them)."""
+        for frameworks, zygote in list(cls._instances.items()):
+            if zygote.path and zygote.owner == os.getpid() and zygote.proc is not None:
+                cls._instances.pop(frameworks)
+                zygote.close()
+        cls.shared_dir = None
+
+    @classmethod
+    def _keep(cls, frameworks: tuple[str, ...], zygote: Zygote) -> Zygote:
+        import atexit
+        from multiprocessing import util
+
+        cls._instances[frameworks] = zygote
+        atexit.register(zygote.close)
+        util.Finalize(zygote, zygote.close, exitpriority=10)  # a forked pool worker ends without atexit
+        return zygote
+
+    def _alive(self) -> bool:
+        return self.owner == os.getpid() and (self.proc is None or self.proc.poll() is None)
+
+    @classmethod
     def get(cls, frameworks: tuple[str, ...] = ()) -> Zygote:
+        """This process's zygote for ``frameworks``: a connection to the run's shared one where the process
+        that forked this one shares it (:meth:`share`), otherwise one of its own, started on first use."""
         zygote = cls._instances.get(frameworks)
         # a forked process (a pool worker) inherits its parent's zygotes: they are the parent's, not its own
-        if zygote is None or zygote.owner != os.getpid() or zygote.proc.poll() is not None:
-            zygote = cls._instances[frameworks] = cls(frameworks)
-            import atexit
-            from multiprocessing import util
-
-            atexit.register(zygote.close)
-            util.Finalize(zygote, zygote.close, exitpriority=10)  # a forked pool worker ends without atexit
+        if zygote is None or not zygote._alive():
+            shared = cls.shared_dir and os.path.join(cls.shared_dir, f"zygote-{cls._name(frameworks)}.sock")
+            attached = None
+            if shared and os.path.exists(shared) and not (zygote and zygote.owner == os.getpid() and zygote.path == shared):
+                with contextlib.suppress(OSError):
+                    attached = cls._attach(shared)
+            zygote = cls._keep(frameworks, attached or cls(frameworks))
         return zygote
 
     def _ask(self, message: dict) -> tuple[dict, list[int]]:
@@ -195,7 +307,8 @@ class Zygote:
             while b"\n" not in self.buf:
                 data, got, _, _ = socket.recv_fds(self.chan, 4096, 1)
                 if not data:
-                    raise ConnectionError(f"the kernel zygote exited (status {self.proc.wait()})")
+                    raise ConnectionError("the shared kernel zygote closed the connection" if self.proc is None
+                                          else f"the kernel zygote exited (status {self.proc.wait()})")
                 self.buf += data
                 self.fds += got
             line, self.buf = self.buf.split(b"\n", 1)
@@ -235,6 +348,8 @@ class Zygote:
         import shutil
 
         self.chan.close()
+        if self.proc is None:  # a connection to a shared zygote: its owner ends it
+            return
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -244,4 +359,8 @@ class Zygote:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2:])
+    argv = sys.argv[1:]
+    listening = None
+    if argv[:1] == ["--listen"]:
+        listening, argv = int(argv[1]), argv[2:]
+    serve(int(argv[0]), argv[1:], listening)

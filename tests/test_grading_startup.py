@@ -18,7 +18,14 @@ measured by ``benchmarks/bench_grading.py``.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
 import sqlite3
+import tempfile
+import time
+from pathlib import Path
 from queue import Empty
 
 import pytest
@@ -154,3 +161,60 @@ def test_a_silent_kernel_times_out():
 
 def test_the_jailed_kernel_manager_hands_out_the_ready_client():
     assert isinstance(JailedKernelManager().client(), ReadyClient)
+
+
+# ------------------------------------------------------------ shared zygotes
+def _kernel_in_worker(sandboxes: str, pid_file: str | None) -> tuple[bool, int | None]:
+    """In a forked worker: start a jailed kernel through this process's zygote; either shut it down (killed,
+    as grading does) and return (attached to the shared zygote?, its status), or write its pid to ``pid_file``
+    and die without a word, as a crashed worker would."""
+    from grading.zygote import Zygote
+
+    async def go():
+        km = JailedKernelManager(kernel_name="python3", sandbox_root=sandboxes)
+        await km.start_kernel()
+        proc = km.provisioner.process
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        if pid_file:
+            Path(pid_file).write_text(str(proc.pid))
+            os._exit(3)
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+        return proc.returncode
+
+    status = asyncio.run(go())
+    return Zygote.get(()).proc is None, status
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """The run's numpy zygote, shared from this process, in a short folder (its socket's path must be short)."""
+    from grading.zygote import Zygote
+
+    folder = Path(tempfile.mkdtemp(prefix="bnz-", dir="/tmp"))
+    assert Zygote.share(folder) is not None
+    yield folder
+    Zygote.unshare()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_forked_workers_use_the_runs_shared_zygote(shared):
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_kernel_in_worker, [(str(shared), None)] * 2)
+    assert results == [(True, -signal.SIGKILL)] * 2  # attached, not a zygote of their own; kernels graded and killed
+
+
+def test_a_worker_that_dies_leaves_no_kernel_running(shared):
+    pid_file = shared / "kernel.pid"
+    worker = multiprocessing.get_context("fork").Process(target=_kernel_in_worker, args=(str(shared), str(pid_file)))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 3, "the worker did not start its kernel"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the kernel of a worker that died is still running"
