@@ -7,14 +7,10 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-import matplotlib
+import nbformat
+from nbgrader.api import Gradebook
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - pyplot after matplotlib.use("Agg")
-import nbformat  # noqa: E402 - after matplotlib.use: no backend is chosen before
-from nbgrader.api import Gradebook  # noqa: E402 - after matplotlib.use
-
-from .judge import failure_text, read_verdicts  # noqa: E402 - after matplotlib.use
+from .judge import failure_text, read_verdicts
 
 # what an answer cell's failure means, by the error the executor wrote (grading.execute), for "Points lost"
 CELL_FAULTS = {
@@ -98,7 +94,12 @@ def plot_scores(rows, path: Path) -> None:
     by_assignment = collections.defaultdict(list)
     for assignment, _, score, max_score, *_ in rows:
         by_assignment[assignment].append(100.0 * score / max_score if max_score else 0.0)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    # a Figure of its own, without pyplot (no backend, no global state; imported here, when the run's
+    # grading is over, not by every grading process at its start)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     bins = list(range(0, 101, 10))
     ax.hist(list(by_assignment.values()), bins=bins, label=list(by_assignment), stacked=True)
     ax.set_xlabel("autograded score (% of the autograded points)")
@@ -108,7 +109,6 @@ def plot_scores(rows, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write(out: Path, rows, tests, mistakes, problems, notes, failures, lost=(), log: Path | None = None) -> Path:

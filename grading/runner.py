@@ -90,6 +90,13 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
     return record
 
 
+def generate_one(course_root: Path, assignment: str) -> None:
+    """nbgrader's ``generate_assignment`` for ``assignment`` (a task for a worker; see ``_grade``)."""
+    from . import course as C
+
+    C.generate(C.api(course_root), [assignment])
+
+
 class Journal:
     """Append-only record of finished submissions, one JSON object a line.
 
