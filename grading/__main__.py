@@ -33,7 +33,7 @@ import nbformat
 from nbgrader.api import Gradebook
 from tqdm import tqdm
 
-from . import cleanup, jail, logs
+from . import cleanup, jail, lms, logs
 from . import collect as K
 from . import course as C
 from . import report as R
@@ -45,7 +45,13 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m grading", description=__doc__.split("\n\n")[2])
     p.add_argument("submissions", type=Path, help="folder or .zip of handed-in notebooks")
     p.add_argument("--course", type=Path, default=C.PROJECT / "_grading", help="course folder to grade in (default: _grading/)")
-    p.add_argument("--roster", type=Path, help="text file with one student id per line; others are reported, not graded")
+    p.add_argument("--roster", type=Path, help="text file with one student id per line; others are reported, not graded "
+                   "(a line may add the student's LMS id, SIS id and name: 'id, LMS id, SIS id, name')")
+    p.add_argument("--export", action="append", choices=lms.FORMATS, default=[],
+                   help="also write the grades in this LMS's import format (grades-canvas.csv, grades-moodle.csv); "
+                        "needs --roster with LMS ids; may be given twice")
+    p.add_argument("--moodle-id-field", default="email", choices=lms.MOODLE_FIELDS,
+                   help="the Moodle user field the roster's LMS ids are (default: email)")
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
                    help="notebooks graded at the same time (default: number of CPUs)")
     p.add_argument("--regrade", action="store_true", help="grade every submission again, ignoring the journal of earlier runs")
@@ -56,6 +62,8 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs: expected a positive number of processes; got {args.jobs}")
+    if args.export and not args.roster:
+        p.error(f"--export {args.export[0]}: expected --roster with each student's LMS id; got no --roster")
     for name in ("timeout", "budget"):
         if not getattr(args, name) > 0:
             p.error(f"--{name}: expected a positive number of seconds; got {getattr(args, name)}")
@@ -87,9 +95,14 @@ def _grade(args, root, log, pool, run_folder) -> int:
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
     known = {a: set(meta) for a, meta in cell_meta.items()}
-    roster = None
+    roster, people = None, {}
     if args.roster:
-        roster = {K.student_id(line) for line in args.roster.read_text().splitlines() if line.strip()}
+        try:
+            people = lms.read_roster(args.roster, K.student_id)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        roster = set(people)
     try:
         subs, problems = K.collect(args.submissions, known, roster, cell_meta)  # sanitized and checked for nbgrader
     except (FileNotFoundError, ValueError) as e:
@@ -140,6 +153,12 @@ def _grade(args, root, log, pool, run_folder) -> int:
             failures.append(K.Problem(sub.student, sub.assignment, sub.source.name, record["message"]))
     C.export_grades(api, root / "grades.csv")
     R.sort_csv(root / "grades.csv")
+    exports = []
+    for fmt in dict.fromkeys(args.export):
+        try:
+            exports.append(lms.export(fmt, root, api.coursedir.db_url, people, args.moodle_id_field))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
     rows, tests, mistakes, lost = R.gather(root, api.coursedir.db_url, graded)
     report = R.write(root, rows, tests, mistakes, problems, notes, failures, lost, log=log)
     for problem in failures + problems:  # one line per hand-in with a problem; the details are in the report
@@ -149,7 +168,9 @@ def _grade(args, root, log, pool, run_folder) -> int:
               "not graded again")
     print(f"graded {len(graded)} of {len(subs)} notebooks; report: {report}; grades: {root / 'grades.csv'}; "
           f"feedback: {root / 'feedback'}")
-    return 0
+    for path in exports:
+        print(f"LMS import file: {path}")
+    return 0 if len(exports) == len(dict.fromkeys(args.export)) else 2
 
 
 if __name__ == "__main__":
