@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-from nbgrader.api import Gradebook
 from tqdm import tqdm
 
 from . import cleanup, jail, lms, logs
@@ -112,13 +111,7 @@ def _grade(args, root, log, pool, run_folder) -> int:
         for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in {s.assignment for s in subs}}):
             if frameworks:
                 Zygote.share(run_folder, frameworks)
-    names = sorted({s.assignment for s in subs})
-    if pool is not None and len(names) > 1:  # one assignment per worker; the gradebook and its course row first
-        C.create_gradebook(api.coursedir.db_url)
-        Gradebook(api.coursedir.db_url, course_id=api.coursedir.course_id).close()
-        list(pool.map(functools.partial(G.generate_one, root), names))
-    else:
-        C.generate(api, names)
+    C.generate(api, sorted({s.assignment for s in subs}))
     journal = G.Journal(root)
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
     sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}

@@ -64,6 +64,8 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
     root = Path(course_root)
     dest = root / "submitted" / student / assignment
     target = dest / f"{assignment}.ipynb"
+    settings = dict(settings or {})
+    stamp = settings.pop("submitted_at", {}).get(f"{assignment}/{student}")  # grading.late: when it was handed in
     if notebook is not None:
         if dest.exists():
             shutil.rmtree(dest)
@@ -71,6 +73,8 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
         tmp = target.with_suffix(".ipynb.part")
         tmp.write_text(notebook, encoding="utf-8")
         os.replace(tmp, target)
+    if stamp:  # nbgrader's autograde reads it into the gradebook (SubmittedAssignment.timestamp)
+        (dest / "timestamp.txt").write_text(stamp + "\n", encoding="utf-8")
     record = {"assignment": assignment, "student": student, "sha256": sha256_text(target.read_text(encoding="utf-8")),
               "status": "graded", "message": "", "pid": os.getpid()}
     from . import judge
@@ -88,13 +92,6 @@ def grade_one(course_root: Path, assignment: str, student: str, notebook: str | 
                          "message": f"graded in part: it used up its time budget of {over['budget']:g} s; the cells "
                                     f"from cell {over['cell'] + 1} on were not run and score 0"}
     return record
-
-
-def generate_one(course_root: Path, assignment: str) -> None:
-    """nbgrader's ``generate_assignment`` for ``assignment`` (a task for a worker; see ``_grade``)."""
-    from . import course as C
-
-    C.generate(C.api(course_root), [assignment])
 
 
 class Journal:
