@@ -32,7 +32,7 @@ from pathlib import Path
 import nbformat
 from tqdm import tqdm
 
-from . import cleanup, jail, lms, logs
+from . import cleanup, jail, late, lms, logs
 from . import collect as K
 from . import course as C
 from . import report as R
@@ -51,6 +51,11 @@ def parse(argv):
                         "needs --roster with LMS ids; may be given twice")
     p.add_argument("--moodle-id-field", default="email", choices=lms.MOODLE_FIELDS,
                    help="the Moodle user field the roster's LMS ids are (default: email)")
+    p.add_argument("--due", help="deadline, ISO 8601 (2026-11-20T23:59, UTC, or 2026-11-20T23:59+01:00): each hand-in's "
+                                 "time (zip entry or file time, read in --due's offset) is compared with it; the report "
+                                 "lists late hand-ins")
+    p.add_argument("--late-penalty", default="0",
+                   help="with --due: percent of the score taken per started day late (default: 0, none)")
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
                    help="notebooks graded at the same time (default: number of CPUs)")
     p.add_argument("--regrade", action="store_true", help="grade every submission again, ignoring the journal of earlier runs")
@@ -63,6 +68,13 @@ def parse(argv):
         p.error(f"--jobs: expected a positive number of processes; got {args.jobs}")
     if args.export and not args.roster:
         p.error(f"--export {args.export[0]}: expected --roster with each student's LMS id; got no --roster")
+    try:
+        args.due = late.parse_due(args.due) if args.due is not None else None
+        args.late_penalty = late.parse_penalty(args.late_penalty)
+    except ValueError as e:
+        p.error(str(e))
+    if args.late_penalty and args.due is None:
+        p.error(f"--late-penalty {args.late_penalty:g}: expected --due with it; got no --due")
     for name in ("timeout", "budget"):
         if not getattr(args, name) > 0:
             p.error(f"--{name}: expected a positive number of seconds; got {getattr(args, name)}")
@@ -115,6 +127,12 @@ def _grade(args, root, log, pool, run_folder) -> int:
     journal = G.Journal(root)
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
     sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}
+    stamps = {}
+    if args.due is not None:  # grading.late: nbgrader's duedate, timestamp.txt and late penalty
+        late.set_duedate(api.coursedir.db_url, sorted(sources), args.due)
+        stamps = {f"{s.assignment}/{s.student}": late.submitted_at(s.saved, args.due.tzinfo) for s in subs}
+        policy = f"|due={args.due.isoformat()}|penalty={args.late_penalty:g}"
+        sources = {a: digest + policy for a, digest in sources.items()}  # a new policy grades again
     records, work, notes = {}, [], []
     for sub in subs:
         notes += [f"{sub.student} / {sub.assignment}: {n}" for n in sub.notes]
@@ -133,6 +151,8 @@ def _grade(args, root, log, pool, run_folder) -> int:
             bar.update(1)
 
         settings = {"timeout": int(math.ceil(args.timeout)), "budget": args.budget}
+        if args.due is not None:
+            settings |= {"submitted_at": stamps, "late_percent_per_day": args.late_penalty}
         records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
                                init=functools.partial(logs.to_file, log), pool=pool)
     graded, failures = [], []
@@ -154,6 +174,9 @@ def _grade(args, root, log, pool, run_folder) -> int:
             print(f"error: {e}", file=sys.stderr)
     rows, tests, mistakes, lost = R.gather(root, api.coursedir.db_url, graded)
     report = R.write(root, rows, tests, mistakes, problems, notes, failures, lost, log=log)
+    if args.due is not None:
+        with report.open("a") as f:
+            f.write("\n" + "\n".join(late.report_section(api.coursedir.db_url, graded)))
     for problem in failures + problems:  # one line per hand-in with a problem; the details are in the report
         print(problem.line())
     if skipped:

@@ -59,6 +59,7 @@ class Submission:
     source: Path  # the file, or for a zip its path inside the archive
     notes: list[str] = field(default_factory=list)
     notebook: object = None  # nbformat NotebookNode, version 4
+    saved: tuple = ()  # when it was handed in, as the archive or folder says (see _Entry.saved); no time zone
 
 
 @dataclass
@@ -552,7 +553,7 @@ def _collect(entries: list[_Entry], by: str, known, roster, cell_meta):
         if why:
             problems.append(Problem(student, assignment, str(rel), why + ": not graded"))
             continue
-        sub = Submission(student, assignment, entry.path or Path(str(rel)), notes, nb)
+        sub = Submission(student, assignment, entry.path or Path(str(rel)), notes, nb, tuple(entry.saved))
         if (student, assignment) in found:
             sub, entry = _newer(found[(student, assignment)], (sub, entry), by, problems)
         found[(student, assignment)] = (sub, entry)

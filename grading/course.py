@@ -81,6 +81,10 @@ def api(root: Path, **execute) -> NbGraderAPI:
     config = PyFileConfigLoader(CONFIG_NAME, path=str(root)).load_config()
     config.CourseDirectory.db_url = grading_url(config.CourseDirectory.db_url)
     config.GradedExecute.course_root = str(root.resolve())
+    late = execute.pop("late_percent_per_day", None)
+    if late:  # grading.late: nbgrader's AssignLatePenalties asks this plugin for each late notebook's penalty
+        config.AssignLatePenalties.plugin_class = "grading.late.PerDayPenalty"
+        config.PerDayPenalty.percent_per_day = float(late)
     for name, value in execute.items():
         setattr(config.GradedExecute, name, value)
     return NbGraderAPI(config=config)
