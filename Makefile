@@ -18,7 +18,7 @@ export KERAS_BACKEND := tensorflow
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: book book-timing browser lint test test-fast bench grade grade-sample release env lock clean
+.PHONY: book book-timing browser lint test test-fast bench grade grade-sample formgrader release env lock clean
 
 # Warnings and broken references are errors. Executed notebook outputs are
 # cached in _build/.jupyter_cache: an unchanged page is not run again.
@@ -72,6 +72,10 @@ grade: $(STAMP)
 grade-sample: $(STAMP)
 	$(BIN)/python -m grading.samples _grading/sample-submissions
 	$(BIN)/python -m grading _grading/sample-submissions
+
+# Grade written answers by hand: nbgrader's formgrader on 127.0.0.1 with a token, in the graded course folder.
+formgrader: $(STAMP)
+	$(BIN)/python -m grading formgrader $(or $(COURSE),_grading)
 
 # Regenerate the student versions in release/ from solutions/ (commit the result).
 release: $(STAMP)

@@ -82,6 +82,10 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["formgrader"]:  # python -m grading formgrader [COURSE]: grade written answers by hand
+        from . import formgrader
+        return formgrader.main(argv[1:])
     args = parse(argv)
     run = cleanup.start()  # every temporary folder of the run in one, removed even if the run is killed
     pool = None
