@@ -48,7 +48,7 @@ def test_on_time_and_late_hand_ins(tmp_path):
     course = tmp_path / "course"
     argv = [str(archive), "--course", str(course), "-j", "1", "--due", "2026-11-20T12:00+01:00", "--late-penalty", "10"]
     assert main(argv) == 0
-    rows = {r["student_id"]: r for r in csv.DictReader((course / "grades.csv").open())}
+    rows = {r["student_id"]: r for r in csv.DictReader((course / "grades.csv").read_text().splitlines())}
     full = float(rows["ada"]["raw_score"])
     assert full > 0 and float(rows["blake"]["raw_score"]) == full
     assert rows["ada"]["duedate"].startswith("2026-11-20 11:00:00")  # stored in UTC
