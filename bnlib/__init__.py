@@ -8,7 +8,8 @@ What is taught, in the order of the book:
 * :mod:`bnlib.layer` -- :class:`BatchNorm`, a stateful layer that converts to and from
   PyTorch and Keras (chapters 4-6);
 * :mod:`bnlib.gradcheck` -- numerical gradient checking (chapter 3);
-* :mod:`bnlib.fold` -- folding batch norm into the previous layer (chapter 6).
+* :mod:`bnlib.fold` -- folding batch norm into the previous layer (chapter 6);
+* :mod:`bnlib.normfamily` -- layer norm and group norm (instance norm), batch norm's relatives.
 
 Depends on numpy only; PyTorch and Keras are imported by the conversion methods alone.
 """
@@ -27,6 +28,14 @@ from .functional import (
 )
 from .gradcheck import gradcheck_batchnorm, numerical_gradient, rel_error
 from .layer import BatchNorm
+from .normfamily import (
+    GroupNormCache,
+    LayerNormCache,
+    groupnorm_backward,
+    groupnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from .preprocessing import MinMaxScaler, NotFittedError, StandardScaler
 
 __version__ = "0.1.0"
@@ -36,7 +45,9 @@ __all__ = [
     "BatchNormCache",
     "CONVENTIONS",
     "Convention",
+    "GroupNormCache",
     "KERAS",
+    "LayerNormCache",
     "MinMaxScaler",
     "NotFittedError",
     "StandardScaler",
@@ -49,6 +60,10 @@ __all__ = [
     "batchnorm_inference_backward",
     "fold_batchnorm",
     "gradcheck_batchnorm",
+    "groupnorm_backward",
+    "groupnorm_forward",
+    "layernorm_backward",
+    "layernorm_forward",
     "numerical_gradient",
     "rel_error",
     "update_running_stats",
