@@ -81,8 +81,31 @@ def _prepare(x, gamma, beta, axis, eps):
     return x, ax, gamma, beta, _checks.positive_eps(eps)
 
 
+def _check_out(out, name, shape, dtype, *inputs):
+    """Validate a caller-supplied output buffer as numpy ufuncs do: exact shape
+    and dtype, C-contiguous, writeable, and sharing no memory with an input."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy ndarray or None; got an object of type {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}; "
+            f"got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous array; got one that is not")
+    for inp_name, inp in inputs:
+        if inp is not None and np.shares_memory(out, inp):
+            raise ValueError(
+                f"{name} shares memory with {inp_name}; expected a separate buffer "
+                "(in-place batch norm is not supported, the input is read after the output is written)"
+            )
+    return out
+
+
 # ------------------------------------------------------------ statistics ----
-def _statistics(x3: np.ndarray, x: np.ndarray, lay: _kernels.Layout | None = None):
+def _statistics(x3: np.ndarray, x: np.ndarray, lay: _kernels.Layout | None = None, xc=None):
     """Mean and biased variance per channel, two-pass (``bn-mean``, ``bn-var``).
 
     Returns ``(mean, var, xc)`` where ``xc = x - mean`` is the centred input,
@@ -96,7 +119,7 @@ def _statistics(x3: np.ndarray, x: np.ndarray, lay: _kernels.Layout | None = Non
     if not np.isfinite(mean).all():
         _checks.check_finite(x, "x")
         _checks.raise_overflow(x, "x")
-    xc = np.empty(x3.shape, dtype=x3.dtype)
+    xc = np.empty(x3.shape, dtype=x3.dtype) if xc is None else xc.reshape(x3.shape)
     _kernels.center(lay, x3, mean, xc)
     var = lay.channel_dot(xc, xc) / x.dtype.type(n)
     if not np.isfinite(var).all():
@@ -142,22 +165,24 @@ def _single_value_error(x: np.ndarray) -> ValueError:
 
 
 # --------------------------------------------------------------- forward ----
-def _forward(x, gamma, beta, ax, eps, *, allow_single_value=False):
+def _forward(x, gamma, beta, ax, eps, *, allow_single_value=False, out=None, xhat_out=None):
     x3 = _as3d(x, ax)
+    out = _check_out(out, "out", x.shape, x.dtype, ("x", x), ("gamma", gamma), ("beta", beta))
+    xhat_out = _check_out(xhat_out, "xhat_out", x.shape, x.dtype, ("x", x), ("out", out))
     if x3.shape[0] * x3.shape[2] == 1 and not allow_single_value:
         raise _single_value_error(x)
     lay = _kernels.Layout(x3.shape, x3.dtype, x3)
-    mean, var, xhat3 = _statistics(x3, x, lay)
+    mean, var, xhat3 = _statistics(x3, x, lay, xhat_out)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
     # the centred input becomes xhat in place; out = xhat * gamma + beta.
     # Two input-sized arrays in all: xhat (kept in the cache) and out.
-    out3 = np.empty(x3.shape, dtype=x3.dtype)
+    out3 = np.empty(x3.shape, dtype=x3.dtype) if out is None else out.reshape(x3.shape)
     _kernels.scale_affine(lay, xhat3, inv_std, gamma, beta, out3)
     cache = BatchNormCache(xhat3.reshape(x.shape), gamma, inv_std, mean, var, ax, eps)
-    return out3.reshape(x.shape), cache
+    return (out3.reshape(x.shape) if out is None else out), cache
 
 
-def batchnorm_forward(x, gamma, beta, *, axis: int = 1, eps: float = 1e-5):
+def batchnorm_forward(x, gamma, beta, *, axis: int = 1, eps: float = 1e-5, out=None, xhat_out=None):
     """Training-mode batch normalization, over every axis but ``axis``.
 
     .. math:: \\hat x = \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}}, \\qquad
@@ -177,10 +202,17 @@ def batchnorm_forward(x, gamma, beta, *, axis: int = 1, eps: float = 1e-5):
         The feature (channel) axis; not 0, the batch axis.
     eps : float
         Added to the variance inside the square root; > 0.
+    out : ndarray, optional
+        Where to write the output, as numpy ufuncs' ``out=``: shape and dtype
+        of ``x``, C-contiguous, sharing no memory with ``x``; it is returned.
+        Reusing one buffer across calls avoids faulting in a fresh array.
+    xhat_out : ndarray, optional
+        Buffer for the cache's ``xhat`` (same rules); pass the previous
+        cache's ``xhat`` once that cache is no longer needed.
 
     Returns
     -------
-    out : ndarray, same shape and dtype as x
+    out : ndarray, same shape and dtype as x (``out`` itself when given)
     cache : BatchNormCache
         For :func:`batchnorm_backward`.
 
@@ -203,7 +235,7 @@ def batchnorm_forward(x, gamma, beta, *, axis: int = 1, eps: float = 1e-5):
            [ 1.,  1.]])
     """
     x, ax, gamma, beta, eps = _prepare(x, gamma, beta, axis, eps)
-    return _forward(x, gamma, beta, ax, eps)
+    return _forward(x, gamma, beta, ax, eps, out=out, xhat_out=xhat_out)
 
 
 # -------------------------------------------------------------- backward ----
@@ -223,7 +255,7 @@ def _check_backward(dout, cache):
     return dout
 
 
-def batchnorm_backward(dout, cache: BatchNormCache):
+def batchnorm_backward(dout, cache: BatchNormCache, *, out=None):
     """Gradients of training-mode batch norm, closed form.
 
     .. math::
@@ -244,13 +276,20 @@ def batchnorm_backward(dout, cache: BatchNormCache):
         Upstream gradient :math:`\\partial L / \\partial y`.
     cache : BatchNormCache
         From :func:`batchnorm_forward`.
+    out : ndarray, optional
+        Where to write ``dx`` (numpy ``out=`` rules: shape of ``x``, the
+        result dtype of ``dout`` and the cache, C-contiguous, sharing no
+        memory with ``dout`` or ``cache.xhat``); it is returned as ``dx``.
 
     Returns
     -------
-    dx : ndarray, shape of x
+    dx : ndarray, shape of x (``out`` itself when given)
     dgamma, dbeta : ndarray, (C,)
     """
     dout = _check_backward(dout, cache)
+    out = _check_out(
+        out, "out", dout.shape, np.result_type(dout, cache.xhat), ("dout", dout), ("cache.xhat", cache.xhat)
+    )
     ax = cache.axis
     g3 = _as3d(dout, ax)
     xhat3 = _as3d(cache.xhat, ax)
@@ -262,9 +301,9 @@ def batchnorm_backward(dout, cache: BatchNormCache):
     dgamma = lay.channel_dot(g3, xhat3)
     # dx = k * (g - mean(g) - xhat * mean(g * xhat)), k = gamma * inv_std,
     # built in place in one output-sized array, the only one allocated.
-    dx3 = np.empty(g3.shape, dtype=lay.dtype)
+    dx3 = np.empty(g3.shape, dtype=lay.dtype) if out is None else out.reshape(g3.shape)
     _kernels.grad_input(lay, g3, xhat3, dbeta / n, dgamma / n, cache.gamma * cache.inv_std, dx3)
-    return dx3.reshape(dout.shape), dgamma, dbeta
+    return (dx3.reshape(dout.shape) if out is None else out), dgamma, dbeta
 
 
 def batchnorm_backward_staged(dout, cache: BatchNormCache):
