@@ -51,6 +51,7 @@ def test_benchmark_quick_mode_exits_zero_and_reports_ratios_memory_and_json(tmp_
         for line in (
             f"ratio bnlib/torch[1 thread] {shape}:",
             f"ratio bnlib/naive {shape}:",
+            f"ratio bnlib out=/torch[1 thread] {shape}:",
             f"peak extra memory bnlib fwd+bwd {shape}:",
         ):
             assert line in stdout, f"expected a line starting {line!r} in the benchmark output; got:\n{stdout}"
@@ -62,12 +63,14 @@ def test_benchmark_quick_mode_exits_zero_and_reports_ratios_memory_and_json(tmp_
     assert [tuple(s["shape"]) for s in data["summary"]] == bench.QUICK_SHAPES
     for s in data["summary"]:
         for key in (
-            "bnlib_over_torch_1", "bnlib_over_torch_1_cpu", "bnlib_over_naive", "naive_over_torch_1", "bnlib_peak_extra_memory_x"
+            "bnlib_over_torch_1", "bnlib_over_torch_1_cpu", "bnlib_over_naive", "naive_over_torch_1", "bnlib_peak_extra_memory_x",
+            "bnlib_out_over_torch_1", "bnlib_out_over_torch_1_cpu",
         ):
             assert key in s, f"expected {key!r} in the JSON summary; got {sorted(s)}"
             assert np.isfinite(s[key]) and s[key] > 0, f"expected a positive finite {key}; got {s[key]!r}"
     impls = {r["impl"] for r in data["results"]}
-    assert {"bnlib", "naive", "torch[1]"} <= impls, f"expected bnlib, naive and torch[1] rows; got {sorted(impls)}"
+    expected = {"bnlib", "bnlib-out", "naive", "torch[1]"}
+    assert expected <= impls, f"expected rows {sorted(expected)}; got {sorted(impls)}"
     for r in data["results"]:
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"], f"implausible timing row {r}"
 
