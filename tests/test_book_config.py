@@ -37,9 +37,13 @@ def toc_files(node) -> list[str]:
 TOC_FILES = toc_files(TOC)
 
 
-def test_the_table_of_contents_lists_the_seven_chapters_and_the_reference_pages():
+def test_the_table_of_contents_lists_every_chapter_in_order_and_the_reference_pages():
     chapters = [f for f in TOC_FILES if f.startswith("chapters/")]
-    assert len(chapters) == 7, f"expected 7 chapters in _toc.yml; found {chapters}"
+    on_disk = sorted(f"chapters/{p.stem}" for p in (ROOT / "chapters").glob("[0-9][0-9]-*.md"))
+    assert chapters == on_disk, f"expected the chapters in chapters/, in order: {on_disk}; _toc.yml lists {chapters}"
+    numbers = [int(c.split("/")[1][:2]) for c in chapters]
+    assert numbers == list(range(1, len(chapters) + 1)), (
+        f"expected each chapter file numbered as readers see it (1, 2, ...); got {numbers}")
     for page in ("how-to-use", "reference/api", "reference/glossary", "reference/bibliography"):
         assert page in TOC_FILES, f"expected {page!r} in _toc.yml; it lists {TOC_FILES}"
 
