@@ -265,13 +265,14 @@ def _judge_keras_bn_to_torch(params, results):
 
 def _judge_fold_into_linear(params, results):
     torch = _torch()
-    linear, bn, x = fold_setup(params["seed"])
+    linear, bn, x = fold_setup(params["seed"], params.get("bias", True))
     n_out = linear.out_features
     if not _scalar(results, "has_bias"):
         raise CheckFailed("the folded layer has no bias (bias=False); it needs one: beta - gamma * mean / std "
                           "plus the scaled old bias", "no-bias")
     W2, b2, got = _need(results, "weight", "bias", "out")
-    W, b = _np(linear.weight), _np(linear.bias)
+    W = _np(linear.weight)
+    b = _np(linear.bias) if linear.bias is not None else np.zeros(n_out)
     g, beta, mu, var, eps = _np(bn.weight), _np(bn.bias), _np(bn.running_mean), _np(bn.running_var), bn.eps
     s = g / np.sqrt(var + eps)
     wrong_eps = (f"eps is missing, or PyTorch's default 1e-5 was used; use the layer's own, bn.eps = {eps:.4g}: "

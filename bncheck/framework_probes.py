@@ -478,37 +478,40 @@ def check_keras_bn_to_torch(fn, *, seed: int = 0) -> None:
     _run("keras_bn_to_torch", (fn,), params, probe)
 
 
-def fold_setup(seed: int):
-    """``(linear, bn, x)``: a Linear layer and a BatchNorm1d (in training mode, gamma of both
-    signs, running statistics far from 0 and 1, a large eps) drawn from ``seed``, and a
-    float32 batch ``(N, n_in)``."""
+def fold_setup(seed: int, bias: bool = True):
+    """``(linear, bn, x)``: a Linear layer (with a bias, or built with ``bias=False``) and a
+    BatchNorm1d (in training mode, gamma of both signs, running statistics far from 0 and 1,
+    a large eps) drawn from ``seed``, and a float32 batch ``(N, n_in)``."""
     torch = _torch()
     r = np.random.default_rng(62_000 + seed)
     n_in, n_out = _sizes(r, 2, 8, 2)
     torch.manual_seed(62_000 + seed)
-    linear = torch.nn.Linear(n_in, n_out)
+    linear = torch.nn.Linear(n_in, n_out, bias=bool(bias))
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(r.normal(0, 1, (n_out, n_in))))
-        linear.bias.copy_(torch.from_numpy(r.normal(0, 3, n_out)))
+        b = r.normal(0, 3, n_out)          # drawn either way: the same seed gives the same other values
+        if bias:
+            linear.bias.copy_(torch.from_numpy(b))
     bn = torch.nn.BatchNorm1d(n_out)
     _bn_fill(torch, bn, r, eps=float(r.uniform(0.05, 0.5)))
     x = (5 * r.standard_normal((int(r.integers(3, 7)), n_in)) + 12).astype(np.float32)
     return linear, bn, x
 
 
-def check_fold_into_linear(fn, *, seed: int = 0) -> None:
+def check_fold_into_linear(fn, *, seed: int = 0, bias: bool = True) -> None:
     """Check ``fn(linear, bn) -> torch.nn.Linear`` equal to ``bn(linear(x))`` with ``bn`` in eval mode.
 
     ``bn`` has gamma of both signs, running statistics far from 0 and 1, and a
     large eps; it is handed over in training mode, and ``fn`` must use its
-    running statistics anyway and change neither input module.
+    running statistics anyway and change neither input module. With
+    ``bias=False`` the Linear layer has no bias (``linear.bias is None``).
     """
     seed = _seed(seed)
-    params = {"seed": seed}
+    params = {"seed": seed, "bias": bool(bias)}
 
     def probe():
         torch = _torch()
-        linear, bn, x = fold_setup(seed)
+        linear, bn, x = fold_setup(seed, bias)
         n_in, n_out = linear.in_features, linear.out_features
         folded = _call(fn, linear, bn, what="fold_into_linear", unchanged=_snapshot,
                        advice="Build a new Linear layer and leave both inputs as they were (their mode, dtype, "

@@ -251,7 +251,7 @@ def fold(linear, bn, *, eps=None, bias=True, beta=True, scale_bias=True, rows=Tr
         s = bn.weight / torch.sqrt(bn.running_var + eps)
         out = torch.nn.Linear(linear.in_features, linear.out_features)
         out.weight.copy_(linear.weight * (s[:, None] if rows else s[None, : linear.in_features]))
-        b = linear.bias if bias else torch.zeros_like(linear.bias)
+        b = linear.bias if bias and linear.bias is not None else torch.zeros(linear.out_features)
         shifted = (b - bn.running_mean) * s if scale_bias else b - bn.running_mean * s
         out.bias.copy_(shifted + (bn.bias if beta else 0))
     return out
@@ -283,6 +283,45 @@ def test_fold_names_the_mistake(seed, options, mistake):
 
 def test_fold_refuses_to_change_its_inputs():
     assert diagnosis(fc.check_fold_into_linear, fold_in_place, seed=0) == "modified-input"
+
+
+def fold_reading_linear_bias(linear, bn):
+    """The course's own solution until it was fixed: reads linear.bias, which is None for bias=False."""
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        out = torch.nn.Linear(linear.in_features, linear.out_features)
+        out.weight.copy_(linear.weight * s[:, None])
+        out.bias.copy_((linear.bias - bn.running_mean) * s + bn.bias)
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fold_check_hands_over_a_linear_without_bias_when_asked(seed):
+    fc.check_fold_into_linear(fold, seed=seed, bias=False)
+    fc.check_fold_into_linear(fold_reading_linear_bias, seed=seed)           # fine with a bias
+    with pytest.raises(TypeError):                                           # None - tensor
+        fc.check_fold_into_linear(fold_reading_linear_bias, seed=seed, bias=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("options, mistake", [
+    ({"eps": 0.0}, "wrong-eps"),
+    ({"beta": False}, "no-beta"),
+])
+def test_fold_without_bias_names_the_mistake(seed, options, mistake):
+    got = diagnosis(fc.check_fold_into_linear, lambda linear, bn: fold(linear, bn, **options), seed=seed, bias=False)
+    assert got == mistake
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_solution_folds_a_linear_layer_built_without_bias(seed):
+    """The course recommends Linear(..., bias=False) before batch norm; its fold solution must accept one."""
+    from grading.samples import answer_code
+
+    namespace = {"torch": torch}
+    exec(answer_code("ch06-pytorch")["answer-fold"], namespace)
+    fc.check_fold_into_linear(namespace["fold_into_linear"], seed=seed, bias=False)
+    fc.check_fold_into_linear(namespace["fold_into_linear"], seed=seed)
 
 
 def test_checkers_emit_no_warning_on_right_answers():
