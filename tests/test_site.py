@@ -287,3 +287,95 @@ def test_exercise_pages_show_the_student_versions_with_no_solution_or_hidden_tes
         for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "BEGIN MARK SCHEME"):
             assert marker not in text, f"{page} shows {marker!r}"
         assert "cell_output" not in text, f"{page}: expected a notebook that was not executed (no cell outputs)"
+
+
+# --------------------------------------------------------- phone width ----
+PHONE = {"width": 390, "height": 844}   # an iPhone 12-15 screen, in CSS pixels
+
+# For each displayed equation: how wide its formula is, how wide the box it is
+# shown in and the column around it, and whether a reader can scroll that box
+# sideways (overflow-x auto or scroll, and scrollLeft moves). Then whether the
+# page itself scrolls sideways.
+PHONE_JS = """() => {
+  const vw = document.documentElement.clientWidth;
+  const eqs = [];
+  document.querySelectorAll('mjx-container[display="true"]').forEach((m, i) => {
+    const math = m.querySelector('mjx-math') || m;
+    const box = m.getBoundingClientRect();
+    const scrollable = (() => {
+      if (m.scrollWidth <= m.clientWidth + 1) return false;
+      if (!['auto', 'scroll'].includes(getComputedStyle(m).overflowX)) return false;
+      const before = m.scrollLeft;
+      m.scrollLeft = before + 50;
+      const moved = m.scrollLeft !== before;
+      m.scrollLeft = before;
+      return moved;
+    })();
+    const div = m.closest('div.math') || m.parentElement;
+    const outer = div.parentElement, cs = getComputedStyle(outer);
+    const column = outer.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    eqs.push({index: i, id: div.id, formula: Math.ceil(math.getBoundingClientRect().width),
+              box: Math.floor(box.width), column: Math.floor(column), right: Math.ceil(box.right), scrollable,
+              hidden: m.scrollWidth > m.clientWidth + 1});
+  });
+  return {vw, page: document.documentElement.scrollWidth, eqs};
+}"""
+
+
+def open_phone_page(browser, url: str):
+    context = browser.new_context(viewport=PHONE, service_workers="block")
+    context.route("**/*", lambda r: r.continue_() if _is_local(r.request.url) else r.abort("blockedbyclient"))
+    page = context.new_page()
+    page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")
+    if page.locator(MATH_SELECTOR).count():
+        wait_for_mathjax(page)
+    return page
+
+
+@pytest.mark.parametrize("page_path", PAGES or ["(no built site)"])
+def test_page_fits_a_phone_screen(browser, site_url, page_path):
+    """At 390 px the page does not scroll sideways, and no displayed equation is
+    cut off: each fits inside the screen, and one wider than its box can be
+    scrolled in that box."""
+    require_site()
+    page = open_phone_page(browser, f"{site_url}/{page_path}")
+    try:
+        got = page.evaluate(PHONE_JS)
+        if page_path.startswith("chapters/"):
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / (Path(page_path).stem + "-390px.png")), full_page=True)
+    finally:
+        page.context.close()
+    vw = got["vw"]
+    assert got["page"] <= vw + 1, (
+        f"{page_path}: at {vw} px the page is {got['page']} px wide and scrolls sideways; expected at most {vw} px"
+    )
+    off_screen = [e for e in got["eqs"] if e["right"] > vw + 1]
+    assert not off_screen, f"{page_path}: displayed equations reach past the {vw} px screen: {off_screen}"
+    stuck = [e for e in got["eqs"] if e["hidden"] and not e["scrollable"]]
+    assert not stuck, f"{page_path}: displayed equations wider than their box that cannot be scrolled: {stuck}"
+    squeezed = [e for e in got["eqs"] if e["hidden"] and e["box"] < e["column"] - 2]
+    assert not squeezed, (
+        f"{page_path}: equations wider than their box, shown in a box narrower than the text column around "
+        f"it (the equation number takes the room, so the formula looks cut off): {squeezed}"
+    )
+
+
+def test_the_phone_check_notices_a_page_that_scrolls_sideways_and_a_clipped_equation(browser, tmp_path):
+    """The phone check can fail: a wide unbreakable line, and a formula in a box that hides its overflow."""
+    (tmp_path / "wide.html").write_text(
+        "<!doctype html><html><head><meta name='viewport' content='width=device-width'></head><body>"
+        "<p><code>" + "x" * 200 + "</code></p>"
+        "<div class='eq'><mjx-container display='true' style='display:block;overflow:hidden;width:300px'>"
+        "<mjx-math style='display:inline-block;width:900px'>wide</mjx-math></mjx-container></div>"
+        "</body></html>",
+        encoding="utf-8",
+    )
+    with serve(tmp_path) as url:
+        page = open_phone_page(browser, f"{url}/wide.html")
+        got = page.evaluate(PHONE_JS)
+        page.context.close()
+    assert got["page"] > got["vw"], f"expected the 200-character line to make the page scroll sideways; got {got}"
+    (eq,) = got["eqs"]
+    assert eq["hidden"] and not eq["scrollable"], f"expected the overflow:hidden formula to be reported as stuck; got {eq}"
