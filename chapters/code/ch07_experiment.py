@@ -87,10 +87,12 @@ def load_data(test_size: float = 0.25, split_seed: int = 0) -> Data:
 class NoisyShift(nn.Module):
     """Per-unit random scale and shift, redrawn at every training step.
 
-    In the spirit of Santurkar et al. (2018, section 2.1): after each batch
-    norm layer, multiply every unit by a random factor and add a random
-    offset, both redrawn each step, so that the *distribution* the next layer
-    sees keeps moving (more "internal covariate shift", not less). In
+    A variant of Santurkar et al.'s (2018, section 2.1) noisy batch norm:
+    after each batch norm layer, multiply every unit by a random factor and
+    add a random offset, both redrawn each step, so that the *distribution*
+    the next layer sees keeps moving (more "internal covariate shift", not
+    less). Unlike their noise, which is drawn for every activation of every
+    example, one draw per unit is shared by the whole batch. In
     evaluation mode it applies the average transform, ``x * E[scale]``
     (the average offset is 0), so inference sees what training saw on
     average.
