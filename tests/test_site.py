@@ -379,3 +379,46 @@ def test_the_phone_check_notices_a_page_that_scrolls_sideways_and_a_clipped_equa
     assert got["page"] > got["vw"], f"expected the 200-character line to make the page scroll sideways; got {got}"
     (eq,) = got["eqs"]
     assert eq["hidden"] and not eq["scrollable"], f"expected the overflow:hidden formula to be reported as stuck; got {eq}"
+
+
+# -------------------------------------------------------------- figures ----
+_CELL = re.compile(r'<div class="cell( [^"]*)? docutils container"')
+
+
+def _cells(html: str) -> list[str]:
+    """The HTML of each executed code cell, from its opening tag to the next cell's."""
+    starts = [m.start() for m in _CELL.finditer(html)] + [len(html)]
+    return [html[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def figure_problems(html: str) -> list[str]:
+    """Every image a code cell draws must sit in a numbered, captioned figure, with the cell's code folded."""
+    problems = []
+    for n, cell in enumerate(_cells(html), start=1):
+        output = cell.split('class="cell_output', 1)[-1] if 'class="cell_output' in cell else ""
+        images = re.findall(r"<img\b[^>]*>", output)
+        if not images:
+            continue
+        figures = re.findall(r"<figure\b.*?</figure>", output, re.S)
+        captioned = [f for f in figures if re.search(r'<span class="caption-number">Fig\. [\d.]+ </span>', f)]
+        if len(captioned) < len(images):
+            problems.append(f"code cell {n}: {len(images)} image(s), {len(captioned)} in a numbered captioned figure")
+        if "tag_hide-input" not in cell[:300]:
+            problems.append(f"code cell {n}: draws a figure but its code is not folded (hide-input)")
+    return problems
+
+
+@pytest.mark.parametrize("page_path", [p for p in PAGES if p.startswith("chapters/")] or ["(no built site)"])
+def test_every_figure_has_a_numbered_caption_and_folded_code(page_path):
+    require_site()
+    problems = figure_problems((SITE / page_path).read_text(encoding="utf-8"))
+    assert not problems, f"{page_path}: {problems}"
+
+
+def test_the_figure_check_notices_an_uncaptioned_figure_and_unfolded_code():
+    bare = ('<div class="cell docutils container"><div class="cell_input docutils container">x</div>'
+            '<div class="cell_output docutils container"><img alt="_images/a.png" src="_images/a.png" /></div></div>')
+    assert figure_problems(bare) == [
+        "code cell 1: 1 image(s), 0 in a numbered captioned figure",
+        "code cell 1: draws a figure but its code is not folded (hide-input)",
+    ]
