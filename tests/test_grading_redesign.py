@@ -133,7 +133,7 @@ def batchnorm_backward(dout, x, gamma, eps=1e-5):
     ("ch06-pytorch", "float64-internals"): {"answer-fold": """
 def fold_into_linear(linear, bn):
     W = linear.weight.detach().double()
-    b = linear.bias.detach().double()
+    b = torch.zeros(linear.out_features, dtype=torch.float64) if linear.bias is None else linear.bias.detach().double()
     s = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
     out = torch.nn.Linear(linear.in_features, linear.out_features)
     with torch.no_grad():
