@@ -123,17 +123,18 @@ def _grade(args, root, log, pool, run_folder) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    handed_in = sorted({s.assignment for s in subs})
     if pool is not None:  # the framework zygotes the class needs, one for all workers, importing while we go on
-        for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in {s.assignment for s in subs}}):
+        for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in handed_in}):
             if frameworks:
                 Zygote.share(run_folder, frameworks)
-    C.generate(api, sorted({s.assignment for s in subs}))
+    C.generate(api, handed_in)
     journal = G.Journal(root)
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
-    sources = {a: G.source_digest(root, a) for a in sorted({s.assignment for s in subs})}
+    sources = {a: G.source_digest(root, a) for a in handed_in}
     stamps = {}
     if args.due is not None:  # grading.late: nbgrader's duedate, timestamp.txt and late penalty
-        late.set_duedate(api.coursedir.db_url, sorted(sources), args.due)
+        late.set_duedate(api.coursedir.db_url, handed_in, args.due)
         stamps = {f"{s.assignment}/{s.student}": late.submitted_at(s.saved, args.due.tzinfo) for s in subs}
         policy = f"|due={args.due.isoformat()}|penalty={args.late_penalty:g}"
         sources = {a: digest + policy for a, digest in sources.items()}  # a new policy grades again

@@ -60,8 +60,8 @@ def start(course: Path, port: int | None = None, wait_s: float = 90.0) -> tuple[
     if os.geteuid() == 0:  # Jupyter refuses root unless told (a container, this project's CI)
         cmd.append("--ServerApp.allow_root=True")
     offline = Path(__file__).parent / "templates" / "offline_jupyter"  # nbconvert's MathJax macro without the CDN
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                        "JUPYTER_PATH": os.pathsep.join(filter(None, [str(offline), os.environ.get("JUPYTER_PATH")]))}
+    # (this Python's bin is on PATH already: grading.course puts it there on import)
+    env = os.environ | {"JUPYTER_PATH": os.pathsep.join(filter(None, [str(offline), os.environ.get("JUPYTER_PATH")]))}
     with open(course / "formgrader.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=course, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://{HOST}:{port}"

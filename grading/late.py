@@ -83,7 +83,7 @@ def how_late(seconds: float) -> str:
     """``1 d 2 h 3 min`` for a number of seconds (under a minute: seconds)."""
     if seconds < 60:
         return f"{seconds:.0f} s"
-    d, rest = divmod(int(seconds), 86400)
+    d, rest = divmod(int(seconds), int(DAY_S))
     h, rest = divmod(rest, 3600)
     parts = [f"{d} d"] * bool(d) + [f"{h} h"] * bool(h) + [f"{rest // 60} min"] * bool(rest // 60)
     return " ".join(parts)
