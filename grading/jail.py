@@ -147,8 +147,12 @@ def _sys(name: str, *args) -> None:
         raise OSError(err, f"{name}{args}: {os.strerror(err)}")
 
 
-def _on_parent_death(sig: int) -> None:
+def _on_parent_death(sig: int, parent: int | None = None) -> None:
+    """Have the kernel send ``sig`` to this process when its parent ends; and if ``parent`` (the pid the
+    parent had) is already gone, act on it now: a parent that died before this call sends nothing."""
     _sys("prctl", PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def own_session() -> None:
@@ -158,16 +162,16 @@ def own_session() -> None:
     os.setsid()
 
 
-def namespaces() -> None:
+def namespaces(zygote: int | None = None) -> None:
     """New mount, network and PID namespaces; this process stays outside as the keeper, its child goes on."""
     _sys("unshare", CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
     kernel = os.fork()
     if kernel:
-        keep(kernel)  # never returns
+        keep(kernel, zygote)  # never returns
     _sys("unshare", CLONE_NEWNS)  # the kernel's view is its own, not the keeper's
 
 
-def keep(kernel: int) -> None:
+def keep(kernel: int, zygote: int | None = None) -> None:
     """The keeper: forward signals to the kernel, kill it when asked to end, end as it ended."""
     def forward(signum, _frame):
         with contextlib.suppress(ProcessLookupError):
@@ -175,7 +179,7 @@ def keep(kernel: int) -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, forward)
-    _on_parent_death(signal.SIGTERM)
+    _on_parent_death(signal.SIGTERM, zygote)
     _, status = os.waitpid(kernel, 0)
     if os.WIFSIGNALED(status):  # the zygote sees the kernel's own signal
         sig = os.WTERMSIG(status)
@@ -261,11 +265,11 @@ def contain(request: dict) -> None:
         sandbox = Path(request["sandbox"]).resolve()
         uid = None
         if request["namespaced"]:
-            namespaces()
+            namespaces(request.get("zygote"))
             uid = own_user(sandbox)
             file_system_view(sandbox, request["frameworks"])
         else:
-            _on_parent_death(signal.SIGKILL)
+            _on_parent_death(signal.SIGKILL, request.get("zygote"))
         resource_limits()
         os.chdir(sandbox)
         console(sandbox, uid)

@@ -116,6 +116,7 @@ def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> Non
                     reap()
                     sock.sendall(json.dumps({"pid": pid, "status": statuses.pop(pid, None)}).encode() + b"\n")
                     continue
+                message["spawn"]["zygote"] = os.getpid()  # a child whose zygote dies before it watches for that ends
                 pid = os.fork()
                 if pid == 0:
                     for other in (*buffers, listener):

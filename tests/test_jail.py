@@ -323,3 +323,26 @@ os._exit(0 if open({str(env_root / "lib" / "marker.txt")!r}).read() == "here" el
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_child_whose_parent_died_before_it_watched_for_that_ends_at_once():
+    """PR_SET_PDEATHSIG only fires for a parent that dies after it is set: a keeper whose zygote was killed
+    just before (a run killed while a kernel starts) must end anyway, or it and its kernel outlive the run."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the "zygote": forks the "keeper", then dies before the keeper watches for it
+        parent = os.getpid()
+        keeper = os.fork()
+        if keeper == 0:
+            os.close(r)
+            deadline = time.monotonic() + 10
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            jail._on_parent_death(signal.SIGKILL, parent)
+            os.write(w, b"alive")  # reached only if the call above did not end this process
+            os._exit(0)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(middle, 0)
+    with os.fdopen(r, "rb") as pipe:
+        assert pipe.read() == b"", "the child outlived the parent it was told to die with"
