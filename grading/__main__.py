@@ -27,6 +27,7 @@ import functools
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 import nbformat
@@ -128,7 +129,17 @@ def _grade(args, root, log, pool, run_folder) -> int:
         for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in handed_in}):
             if frameworks:
                 Zygote.share(run_folder, frameworks)
-    C.generate(api, handed_in)
+    C.create_gradebook(api.coursedir.db_url)
+    generated = set()
+
+    def generate(assignment):  # the student version and the gradebook's rows, just before its first hand-in is graded
+        if assignment not in generated:
+            C.generate(api, [assignment])
+            generated.add(assignment)
+
+    if args.due is not None or pool is None:  # the due date goes on generated assignments; one process: nothing to overlap
+        for a in handed_in:
+            generate(a)
     journal = G.Journal(root)
     in_gradebook = R.submissions_in_gradebook(api.coursedir.db_url)
     sources = {a: G.source_digest(root, a) for a in handed_in}
@@ -158,8 +169,13 @@ def _grade(args, root, log, pool, run_folder) -> int:
         settings = {"timeout": int(math.ceil(args.timeout)), "budget": args.budget}
         if args.due is not None:
             settings |= {"submitted_at": stamps, "late_percent_per_day": args.late_penalty}
+        if pool is not None:  # meanwhile, this process loads what the report needs
+            threading.Thread(target=R.preload, name="report-preload", daemon=True).start()
+        # with workers, each assignment is generated here while they grade the hand-ins handed out before
         records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
-                               init=functools.partial(logs.to_file, log), pool=pool)
+                               init=functools.partial(logs.to_file, log), pool=pool, prepare=generate)
+    for a in handed_in:  # those whose every hand-in was graded in an earlier run
+        generate(a)
     graded, failures = [], []
     for sub in subs:
         record = records[(sub.assignment, sub.student)]

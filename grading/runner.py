@@ -199,9 +199,10 @@ def start_pool(jobs: int, init=None) -> ProcessPoolExecutor:
     return pool
 
 
-def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=None, pool=None) -> list:
+def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=None, pool=None, prepare=None) -> list:
     """Grade ``items`` in a pool of ``jobs`` spawned workers (``pool``, or a fresh one); return the items
-    left unfinished if a worker died."""
+    left unfinished if a worker died. ``prepare(assignment)`` runs here before each item is handed to
+    the pool, while the workers grade the items handed to them before."""
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
@@ -209,7 +210,11 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=Non
     if pool is None:
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=init)
     with pool:
-        pending = {pool.submit(_grade_marked, grade, course_root, a, s, text): (a, s, text) for a, s, text in items}
+        pending = {}
+        for a, s, text in items:
+            if prepare is not None:
+                prepare(a)
+            pending[pool.submit(_grade_marked, grade, course_root, a, s, text)] = (a, s, text)
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -226,7 +231,7 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=Non
 
 
 def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on_done=None, grade=None,
-              init=None, pool=None) -> dict:
+              init=None, pool=None, prepare=None) -> dict:
     """Grade ``work`` = [(assignment, student, notebook JSON)] with ``jobs`` processes.
 
     ``on_done(record)`` is called in this process as each submission finishes
@@ -234,7 +239,11 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
     ``grade`` is :func:`grade_one` unless given (a picklable function with
     the same signature); ``init`` runs first in each worker process (where
     its log goes, say); ``pool``, from :func:`start_pool`, is used for the
-    first round instead of a fresh one.
+    first round instead of a fresh one. ``prepare(assignment)`` runs in
+    this process before a submission of that assignment is first handed
+    out (the command generates the assignment there: the workers grade the
+    submissions handed out before meanwhile); it is called again for every
+    submission and must return at once when its work is done.
 
     A worker process that dies (a crash, the out-of-memory killer) breaks
     the whole pool, and every submission the pool had not finished comes
@@ -257,13 +266,15 @@ def grade_all(course_root: Path, work: list[tuple[str, str, str]], jobs: int, on
         if pool is not None:
             pool.shutdown()
         for assignment, student, text in work:
+            if prepare is not None:
+                prepare(assignment)
             finish(grade(course_root, assignment, student, text))
         return results
     inflight = Path(course_root) / INFLIGHT
     shutil.rmtree(inflight, ignore_errors=True)
     todo = list(work)
     while todo:
-        unfinished = _pool_run(course_root, todo, jobs, grade, finish, init, pool)
+        unfinished = _pool_run(course_root, todo, jobs, grade, finish, init, pool, prepare)
         pool = None  # a later round (after a worker died) gets a fresh pool
         suspects = [item for item in unfinished if _inflight(course_root, item[0], item[1]).exists()]
         if unfinished and not suspects:  # the workers die before grading anything: nothing to retry alone
