@@ -213,7 +213,11 @@ def _pool_run(course_root: Path, items: list, jobs: int, grade, finish, init=Non
         pending = {}
         for a, s, text in items:
             if prepare is not None:
-                prepare(a)
+                try:
+                    prepare(a)
+                except BaseException:  # the grader's own failure (a source notebook nbgrader rejects): stop at once
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
             pending[pool.submit(_grade_marked, grade, course_root, a, s, text)] = (a, s, text)
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
