@@ -33,6 +33,14 @@ def judge(kind: str, params: dict, results: dict) -> None:
     registry.judge_function(kind)(params, results)
 
 
+def judge_partial(kind: str, params: dict, results: dict) -> None:
+    """Judge what a check recorded before it failed (a backward check's forward output); raise CheckFailed if
+    that part is wrong. Never a pass: the check's own failure is reported when this raises nothing."""
+    partial = registry.partial_judge_function(kind)
+    if partial is not None and results:
+        partial(params, results)
+
+
 def _need(results: dict, *names):
     missing = [n for n in names if n not in results]
     if missing:

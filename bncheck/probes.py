@@ -33,6 +33,7 @@ Three ways this module runs:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import numpy as np
@@ -45,6 +46,10 @@ __all__ = [
     "check_running_layer",
     "check_scaler",
     "check_numerical_gradient",
+    "check_layernorm",
+    "check_layernorm_backward",
+    "check_groupnorm",
+    "check_groupnorm_backward",
 ]
 
 
@@ -385,9 +390,31 @@ def _probe(probe):
     try:
         return probe(), None
     except CheckFailed as e:
-        return {}, (e.mistake, _short(e.message))
+        return _partial(e), (e.mistake, _short(e.message))
     except Exception as e:  # noqa: BLE001 - the learner's own error: the judge reports it
-        return {}, ("raised", _short(f"your code raised {type(e).__name__}: {e}"))
+        return _partial(e), ("raised", _short(f"your code raised {type(e).__name__}: {e}"))
+
+
+def _partial(error) -> dict:
+    """What a check recorded before it failed (see :func:`_after`): judged before the failure is reported."""
+    partial = getattr(error, "bncheck_partial", None)
+    return partial if isinstance(partial, dict) else {}
+
+
+def _after(recorded: dict, step):
+    """Run ``step()``, a later part of a check; if it fails, the failure carries ``recorded``.
+
+    A backward check runs the learner's forward pass first: when the backward
+    pass then fails (raises, or returns the wrong kind of object), the judge
+    still looks at the forward output, and a wrong forward pass is named as
+    the cause (fix it first) instead of the backward's failure it led to.
+    """
+    try:
+        return step()
+    except Exception as e:
+        with contextlib.suppress(Exception):  # an exception that takes no attribute carries nothing
+            e.bncheck_partial = dict(recorded)
+        raise
 
 
 def _run(kind: str, targets: tuple, params: dict, probe) -> None:
@@ -399,7 +426,19 @@ def _run(kind: str, targets: tuple, params: dict, probe) -> None:
     if _CAPTURE is not None:
         _CAPTURE.append(_probe(probe))
         return
-    results = probe()  # a learner's own exception reaches them with its traceback
+    try:
+        results = probe()  # a learner's own exception reaches them with its traceback
+    except Exception as e:
+        partial = _partial(e)
+        if not partial:
+            raise
+        from .judges import judge_partial
+
+        try:  # what the check recorded before it failed is judged first (a wrong forward pass is the cause)
+            judge_partial(kind, params, partial)
+        except CheckFailed as wrong:
+            raise wrong from None
+        raise
     from .registry import judge_function  # the judges load only here, never in a graded kernel
 
     judge_function(kind)(params, results)
@@ -591,3 +630,167 @@ def check_numerical_gradient(fn, *, seed: int = 0) -> None:
         return {"grad": _plain(grad, what="the numerical gradient", shape=x.shape)}
 
     _run("numgrad", (fn,), params, probe)
+
+
+# ------------------------------------------- layer norm and group norm ----
+def layernorm_inputs(seed: int, layout: str = "ND", shape=None):
+    """``(x, gamma, beta, eps, dout)`` for the layer-norm checks, normalized over the last axis.
+
+    ``layout="ND"``: x of shape (N, D); ``"NLD"``: (N, L, D) (a batch of
+    sequences). N in 2..5, L in 2..4, D in 3..6 unless ``shape`` is given.
+    Every row (the values one mean is taken over) gets its own offset and
+    scale, so that statistics over any other axis give other numbers; gamma
+    and beta, one per element of the last axis, are far from 1 and 0, and
+    eps is in [0.1, 1], large enough that its place matters.
+    """
+    if layout not in ("ND", "NLD"):
+        raise ValueError(f"layout must be 'ND' or 'NLD'; got {layout!r}")
+    if shape is None:
+        r = np.random.default_rng(50_000 + seed)
+        N, L, D = int(r.integers(2, 6)), int(r.integers(2, 5)), int(r.integers(3, 7))
+        shape = (N, D) if layout == "ND" else (N, L, D)
+    shape = tuple(shape)
+    r = np.random.default_rng(seed)
+    rows = shape[:-1] + (1,)
+    x = 5.0 * r.standard_normal(shape) * r.uniform(0.3, 3.0, rows) + 12.0 + 8.0 * r.standard_normal(rows)
+    D = shape[-1]
+    gamma = r.uniform(0.5, 2.0, D) * r.choice([-1.0, 1.0], D)
+    beta = 3.0 * r.standard_normal(D)
+    eps = float(r.uniform(0.1, 1.0))
+    dout = 2.0 * r.standard_normal(shape)
+    return x, gamma, beta, eps, dout
+
+
+def groupnorm_inputs(seed: int, shape=None, num_groups=None):
+    """``(x, gamma, beta, num_groups, eps, dout)`` for the group-norm checks, x of shape (N, C, H, W).
+
+    Unless given: N in 2..4, num_groups in 2..3 with 2 or 3 channels per
+    group (so that contiguous and interleaved groups differ), H and W in
+    2..3. Every sample and channel gets its own offset and scale, so that
+    statistics over the wrong channels or axes give other numbers.
+    """
+    r = np.random.default_rng(60_000 + seed)
+    G = int(r.integers(2, 4)) if num_groups is None else int(num_groups)
+    if shape is None:
+        shape = (int(r.integers(2, 5)), G * int(r.integers(2, 4)), int(r.integers(2, 4)), int(r.integers(2, 4)))
+    shape = tuple(shape)
+    if len(shape) != 4 or shape[1] % G:
+        raise ValueError(f"shape must be (N, C, H, W) with C a multiple of num_groups = {G}; got {shape}")
+    r = np.random.default_rng(seed)
+    per = shape[:2] + (1, 1)
+    x = 5.0 * r.standard_normal(shape) * r.uniform(0.3, 3.0, per) + 12.0 + 8.0 * r.standard_normal(per)
+    C = shape[1]
+    gamma = r.uniform(0.5, 2.0, C) * r.choice([-1.0, 1.0], C)
+    beta = 3.0 * r.standard_normal(C)
+    eps = float(r.uniform(0.1, 1.0))
+    dout = 2.0 * r.standard_normal(shape)
+    return x, gamma, beta, G, eps, dout
+
+
+def _call_backward(backward, dout, cache, what: str):
+    """``backward(dout, cache)`` on a copy of ``dout``, which it must leave unchanged; the cache is the learner's own."""
+    before = _array_state(dout)
+    copy = dout.copy()
+    try:
+        result = backward(copy, cache)
+    except NotImplementedError:
+        raise CheckFailed(f"{what} is not implemented yet (it raised NotImplementedError)", "not-implemented") from None
+    changes = _differences(before, _array_state(copy), _arg_names(backward, 1)[0])
+    if changes:
+        raise CheckFailed(_changed_message(what, _arg_names(backward, 1)[0], changes), "modified-input")
+    return result
+
+
+def _norm_forward(fn, args: tuple, shape: tuple, what: str, **kwargs):
+    """Call a learner's ``forward(*args) -> (out, cache)``; return ``(out as a plain array, cache)``."""
+    out, cache = _unpack(_call(fn, *args, what=what, **kwargs), ("out", "cache"), what)
+    return _plain(out, what=f"the output of {what}", shape=shape), cache
+
+
+def _norm_backward(backward, dout, cache, param_shape: tuple, what: str) -> dict:
+    result = _unpack(_call_backward(backward, dout, cache, what), ("dx", "dgamma", "dbeta"), what)
+    summed = f"dgamma and dbeta get one value per element of gamma, shape {param_shape}: sum over the other axes."
+    return {
+        "dx": _plain(result[0], what="dx", shape=dout.shape),
+        "dgamma": _plain(result[1], what="dgamma", shape=param_shape, hint=summed),
+        "dbeta": _plain(result[2], what="dbeta", shape=param_shape, hint=summed),
+    }
+
+
+def check_layernorm(forward, *, seed: int = 0, layout: str = "ND", shape=None) -> None:
+    """Check ``forward(x, gamma, beta, eps) -> (out, cache)``, layer norm over the last axis of x.
+
+    ``layout="ND"``: x of shape (N, D); ``"NLD"``: (N, L, D). gamma and beta
+    have shape (D,). Only ``out`` is checked; the cache is yours, for your
+    backward pass. Diagnoses: statistics over the batch axis (batch norm),
+    unbiased variance, eps outside the square root, gamma and beta left out.
+    """
+    seed = _seed(seed)
+    params = {"seed": seed, "layout": layout, "shape": None if shape is None else list(shape)}
+
+    def probe():
+        x, gamma, beta, eps, _ = layernorm_inputs(seed, layout, shape)
+        out, _ = _norm_forward(forward, (x, gamma, beta, eps), x.shape, "your layernorm_forward")
+        return {"out": out}
+
+    _run("layernorm", (forward,), params, probe)
+
+
+def check_layernorm_backward(forward, backward, *, seed: int = 0, layout: str = "ND", shape=None) -> None:
+    """Check ``backward(dout, cache) -> (dx, dgamma, dbeta)`` of layer norm, the cache from ``forward``.
+
+    The forward pass runs first (on the same inputs as :func:`check_layernorm`)
+    and its output is checked too: a backward pass fed the cache of a wrong
+    forward pass cannot be right. dgamma and dbeta have shape (D,).
+    Diagnoses: the paths through the mean or the variance missing, gamma
+    taken out of the row means (as batch norm allows), sums over the batch
+    axis instead of the normalized one.
+    """
+    seed = _seed(seed)
+    params = {"seed": seed, "layout": layout, "shape": None if shape is None else list(shape)}
+
+    def probe():
+        x, gamma, beta, eps, dout = layernorm_inputs(seed, layout, shape)
+        out, cache = _norm_forward(forward, (x, gamma, beta, eps), x.shape, "your layernorm_forward")
+        grads = _after({"out": out}, lambda: _norm_backward(backward, dout, cache, gamma.shape, "your layernorm_backward"))
+        return {"out": out, **grads}
+
+    _run("layernorm_backward", (forward, backward), params, probe)
+
+
+def check_groupnorm(forward, *, seed: int = 0, shape=None, num_groups=None) -> None:
+    """Check ``forward(x, gamma, beta, num_groups, eps) -> (out, cache)``, group norm of (N, C, H, W) input.
+
+    The C channels form ``num_groups`` groups of consecutive channels; gamma
+    and beta have shape (C,). Only ``out`` is checked. Diagnoses: groups of
+    interleaved channels, groups taken along the wrong axis, statistics per
+    pixel or over the batch, layer or instance norm instead, unbiased
+    variance, eps outside the square root.
+    """
+    seed = _seed(seed)
+    params = {"seed": seed, "shape": None if shape is None else list(shape), "num_groups": num_groups}
+
+    def probe():
+        x, gamma, beta, G, eps, _ = groupnorm_inputs(seed, shape, num_groups)
+        out, _ = _norm_forward(forward, (x, gamma, beta, G, eps), x.shape, "your groupnorm_forward")
+        return {"out": out}
+
+    _run("groupnorm", (forward,), params, probe)
+
+
+def check_groupnorm_backward(forward, backward, *, seed: int = 0, shape=None, num_groups=None) -> None:
+    """Check ``backward(dout, cache) -> (dx, dgamma, dbeta)`` of group norm, the cache from ``forward``.
+
+    As :func:`check_layernorm_backward`: the forward pass runs first and is
+    checked too. dgamma and dbeta have shape (C,).
+    """
+    seed = _seed(seed)
+    params = {"seed": seed, "shape": None if shape is None else list(shape), "num_groups": num_groups}
+
+    def probe():
+        x, gamma, beta, G, eps, dout = groupnorm_inputs(seed, shape, num_groups)
+        out, cache = _norm_forward(forward, (x, gamma, beta, G, eps), x.shape, "your groupnorm_forward")
+        grads = _after({"out": out}, lambda: _norm_backward(backward, dout, cache, gamma.shape, "your groupnorm_backward"))
+        return {"out": out, **grads}
+
+    _run("groupnorm_backward", (forward, backward), params, probe)

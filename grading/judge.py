@@ -127,6 +127,12 @@ def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | 
     except Malformed as e:
         return "malformed-result", f"the check's record could not be read ({e})"
     if failure is not None:
+        try:  # what the check recorded before it failed (a backward check's forward output) may name the cause
+            judges.judge_partial(check.kind, json.loads(check.params), results)
+        except CheckFailed as e:
+            return e.mistake or "wrong-values", e.message
+        except Exception:  # noqa: BLE001 - a partial record the judge cannot use: the failure stands
+            pass
         return failure
     try:
         judges.judge(check.kind, json.loads(check.params), results)

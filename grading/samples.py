@@ -91,6 +91,27 @@ FOLD = ("def fold_into_linear(linear, bn):\n    with torch.no_grad():\n"
         "        new = torch.nn.Linear(linear.in_features, linear.out_features)\n"
         "        new.weight.copy_(linear.weight * s[:, None])\n        new.bias.copy_({bias})\n    return new\n")
 
+# Chapter 9: layer norm and group norm, forward and backward (the backward test runs the forward first,
+# so a forward mistake loses both tests of its norm, named in both).
+LN_FWD = ("def layernorm_forward(x, gamma, beta, eps=1e-5):\n    {stats}\n    inv_std = {inv}\n"
+          "    xhat = (x - mu) * inv_std\n    return gamma * xhat + beta, (xhat, gamma, inv_std)\n")
+LN_ROWS = "mu, var = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True{ddof})"
+LN_BWD = ("def layernorm_backward(dout, cache):\n    xhat, gamma, inv_std = cache\n"
+          "    lead = tuple(range(dout.ndim - 1))\n    {dx}\n"
+          "    return dx, (dout * xhat).sum(axis=lead), dout.sum(axis=lead)\n")
+GN_FWD = ("def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):\n    N, C, H, W = x.shape\n"
+          "    xg = x.reshape({view})\n    mu, var = xg.mean(axis={axes}, keepdims=True), xg.var(axis={axes}, keepdims=True)\n"
+          "    inv_std = 1.0 / np.sqrt(var + eps)\n    xhat = ((xg - mu) * inv_std).reshape(N, C, H, W)\n"
+          "    out = gamma.reshape(1, C, 1, 1) * xhat + beta.reshape(1, C, 1, 1)\n"
+          "    return out, (xhat, gamma, inv_std, num_groups)\n")
+GN_BWD = ("def groupnorm_backward(dout, cache):\n    xhat, gamma, inv_std, G = cache\n    N, C, H, W = dout.shape\n"
+          "    d = (dout * gamma.reshape(1, C, 1, 1)).reshape(N, G, -1)\n    xg = xhat.reshape(N, G, -1)\n"
+          "    dx = inv_std * ({bracket})\n"
+          "    return dx.reshape(N, C, H, W), {dgamma}, dout.sum(axis=(0, 2, 3))\n")
+GN_RIGHT = dict(bracket="d - d.mean(axis=2, keepdims=True) - xg * (d * xg).mean(axis=2, keepdims=True)",
+                dgamma="(dout * xhat).sum(axis=(0, 2, 3))")
+LN_TESTS, GN_TESTS = {"test-ln-forward", "test-ln-backward"}, {"test-gn-forward", "test-gn-backward"}
+
 CATALOG = [
     ("ch02-forward", {"answer-forward-nd": FWD_ND.format(
         body="return gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta")},
@@ -159,6 +180,34 @@ CATALOG = [
      {"test-port"}, "momentum-not-converted"),
     ("ch06-pytorch", {"answer-fold": FOLD.format(bias="-bn.running_mean * s + bn.bias")},
      {"test-fold"}, "forgot-linear-bias"),
+    ("ch09-normalization-family", {"answer-ln-forward": LN_FWD.format(
+        stats="mu, var = x.mean(axis=0, keepdims=True), x.var(axis=0, keepdims=True)", inv="1.0 / np.sqrt(var + eps)")},
+     LN_TESTS, "statistics-over-batch"),
+    ("ch09-normalization-family", {"answer-ln-forward": LN_FWD.format(
+        stats=LN_ROWS.format(ddof=""), inv="1.0 / (np.sqrt(var) + eps)")},
+     LN_TESTS, "eps-outside-sqrt"),
+    ("ch09-normalization-family", {"answer-ln-forward": LN_FWD.format(
+        stats=LN_ROWS.format(ddof=", ddof=1"), inv="1.0 / np.sqrt(var + eps)")},
+     LN_TESTS, "unbiased-variance"),
+    ("ch09-normalization-family", {"answer-ln-backward": LN_BWD.format(dx="dx = gamma * inv_std * dout")},
+     {"test-ln-backward"}, "only-direct-path"),
+    ("ch09-normalization-family", {"answer-ln-backward": LN_BWD.format(
+        dx="d = gamma * dout\n    dx = inv_std * (d - xhat * (d * xhat).mean(axis=-1, keepdims=True))")},
+     {"test-ln-backward"}, "missing-mean-path"),
+    ("ch09-normalization-family", {"answer-ln-backward": LN_BWD.format(
+        dx="dx = gamma * inv_std * (dout - dout.mean(axis=-1, keepdims=True)"
+           " - xhat * (dout * xhat).mean(axis=-1, keepdims=True))")},
+     {"test-ln-backward"}, "gamma-factored-out"),
+    ("ch09-normalization-family", {"answer-gn-forward": GN_FWD.format(
+        view="N, C // num_groups, num_groups, H * W", axes="(1, 3)")},
+     GN_TESTS, "groups-interleaved"),
+    ("ch09-normalization-family", {"answer-gn-forward": GN_FWD.format(view="N, -1, num_groups", axes="1")},
+     GN_TESTS, "groups-along-wrong-axis"),
+    ("ch09-normalization-family", {"answer-gn-backward": GN_BWD.format(
+        **GN_RIGHT | {"bracket": "d - d.mean(axis=2, keepdims=True)"})},
+     {"test-gn-backward"}, "missing-variance-path"),
+    ("ch09-normalization-family", {"answer-gn-backward": GN_BWD.format(**GN_RIGHT | {"dgamma": "dout.sum(axis=(0, 2, 3))"})},
+     {"test-gn-backward"}, "dgamma-without-xhat"),
 ]
 
 

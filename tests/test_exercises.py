@@ -17,7 +17,7 @@ import nbformat
 import pytest
 
 from grading import course as C
-from grading import judge
+from grading import jail, judge
 from grading.samples import CATALOG, answer_code, fill
 
 ASSIGNMENTS = C.assignments()
@@ -124,3 +124,27 @@ def test_wrong_answer_loses_only_the_points_aimed_at_it(course, assignment, wron
             assert f"[{mistake}]" in outputs[gid], f"feedback of {gid} does not name {mistake}:\n{outputs[gid][-800:]}"
         else:
             assert score == max_score, f"{gid} lost points for a {mistake} answer aimed elsewhere"
+
+
+TORCH_LAYERNORM = """
+import torch
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    t = torch.nn.functional.layer_norm(torch.from_numpy(x), x.shape[-1:], torch.from_numpy(gamma),
+                                       torch.from_numpy(beta), eps)
+    return t.numpy(), None
+"""
+
+
+@pytest.mark.skipif(jail.isolation() != "full", reason=f"the jail's namespaces are not available here: {jail.isolation()}")
+def test_a_numpy_only_assignment_cannot_import_a_framework_when_graded(course):
+    """Chapter 9's exercise is numpy only: a layer norm handed to PyTorch fails at `import torch` in the graded
+    kernel, costing the tests that call it (forward and backward of layer norm) and nothing else."""
+    root, api = course
+    a = "ch09-normalization-family"
+    assert jail.frameworks_of(root / "solutions" / a / f"{a}.ipynb") == ()
+    scores, outputs = grade(root, api, a, "torch-user", answer_code(a) | {"answer-ln-forward": TORCH_LAYERNORM})
+    got = autograded(scores)
+    lost = {"test-ln-forward", "test-ln-backward"}
+    assert {g for g, (s, m) in got.items() if s == 0} == lost, got
+    assert all(s == m for g, (s, m) in got.items() if g not in lost), got
+    assert "numpy only" in outputs["answer-ln-forward"], outputs["answer-ln-forward"]

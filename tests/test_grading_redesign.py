@@ -141,6 +141,75 @@ def fold_into_linear(linear, bn):
         out.bias.copy_(((b - bn.running_mean.double()) * s + bn.bias.double()).float())
     return out
 """},
+    ("ch09-normalization-family", "loops"): {"answer-ln-forward": """
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    rows = x.reshape(-1, x.shape[-1])
+    xhat = np.empty_like(rows)
+    inv = np.empty((rows.shape[0], 1))
+    for i in range(rows.shape[0]):
+        vals = [float(v) for v in rows[i]]
+        m = sum(vals) / len(vals)
+        v = sum((a - m) ** 2 for a in vals) / len(vals)
+        inv[i, 0] = 1.0 / (v + eps) ** 0.5
+        for j, a in enumerate(vals):
+            xhat[i, j] = (a - m) * inv[i, 0]
+    xhat = xhat.reshape(x.shape)
+    return gamma * xhat + beta, (xhat, gamma, inv.reshape(x.shape[:-1] + (1,)))
+""", "answer-gn-forward": """
+def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
+    N, C, H, W = x.shape
+    K = C // num_groups
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    inv = np.empty((N, num_groups, 1))
+    for n in range(N):
+        for g in range(num_groups):
+            block = x[n, g * K:(g + 1) * K]
+            m = block.sum() / block.size
+            v = ((block - m) ** 2).sum() / block.size
+            inv[n, g, 0] = 1 / np.sqrt(v + eps)
+            for c in range(g * K, (g + 1) * K):
+                xhat[n, c] = (x[n, c] - m) * inv[n, g, 0]
+                out[n, c] = gamma[c] * xhat[n, c] + beta[c]
+    return out, (xhat, gamma, inv, num_groups)
+"""},
+    ("ch09-normalization-family", "long-double-dict-cache"): {"answer-ln-forward": """
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    xl = x.astype(np.longdouble)
+    out = gamma * (xl - xl.mean(-1, keepdims=True)) / np.sqrt(xl.var(-1, keepdims=True) + eps) + beta
+    return out.astype(np.float64), {"x": x.copy(), "gamma": gamma.copy(), "eps": eps}
+""", "answer-ln-backward": """
+def layernorm_backward(dout, cache):
+    x, gamma, eps = (np.asarray(cache[k], dtype=np.longdouble) for k in ("x", "gamma", "eps"))
+    xc = x - x.mean(-1, keepdims=True)
+    inv = 1 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * inv
+    d = dout * gamma
+    dx = inv * (d - d.mean(-1, keepdims=True) - xhat * (d * xhat).mean(-1, keepdims=True))
+    lead = tuple(range(dout.ndim - 1))
+    return dx.astype(np.float64), (dout * xhat).sum(lead).astype(np.float64), dout.sum(lead)
+""", "answer-gn-forward": """
+class _Cache:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
+    N, C, H, W = x.shape
+    xg = x.astype(np.longdouble).reshape(N, num_groups, -1)
+    xc = xg - np.einsum('ngk->ng', xg)[..., None] / xg.shape[2]
+    inv = 1 / np.sqrt(np.einsum('ngk,ngk->ng', xc, xc)[..., None] / xg.shape[2] + eps)
+    xhat = (xc * inv).reshape(x.shape)
+    out = np.einsum('c,nchw->nchw', gamma, xhat) + beta[:, None, None]
+    return out.astype(np.float64), _Cache(xhat=xhat, gamma=gamma, inv=inv, G=num_groups)
+""", "answer-gn-backward": """
+def groupnorm_backward(dout, cache):
+    N, C, H, W = dout.shape
+    d = np.einsum('c,nchw->nchw', cache.gamma, dout).reshape(N, cache.G, -1)
+    xg = cache.xhat.reshape(N, cache.G, -1)
+    m = xg.shape[2]
+    dx = cache.inv / m * (m * d - d.sum(2, keepdims=True) - xg * np.einsum('ngk,ngk->ng', d, xg)[..., None])
+    dgamma = np.einsum('nchw,nchw->c', dout, cache.xhat)
+    return dx.reshape(dout.shape).astype(np.float64), dgamma.astype(np.float64), dout.sum((0, 2, 3))
+"""},
 }
 
 # ----------------------------------------------- 2. the caller's objects ---

@@ -170,7 +170,9 @@ def test_only_assignments_that_import_a_framework_get_it_preloaded(tmp_path, mon
 
     found = {a: jail.frameworks_of(C.PROJECT / "solutions" / a / f"{a}.ipynb") for a in C.assignments()}
     assert found == {"ch01-scaling": (), "ch02-forward": (), "ch03-backward": (), "ch04-running-stats": (),
-                     "ch05-keras": ("keras",), "ch06-pytorch": ("keras", "torch")}, found
+                     "ch05-keras": ("keras",), "ch06-pytorch": ("keras", "torch"), "ch09-normalization-family": ()}, found
+    ch09 = C.PROJECT / "solutions" / "ch09-normalization-family" / "ch09-normalization-family.ipynb"
+    assert jail.preload_for(ch09) == (), "chapter 9's exercise is numpy only: no framework may be preloaded"
     ch06 = C.PROJECT / "solutions" / "ch06-pytorch" / "ch06-pytorch.ipynb"
     assert jail.preload_for(ch06) == ("keras", "torch")
     monkeypatch.setenv("BNCOURSE_PRELOAD_FRAMEWORKS", "0")
