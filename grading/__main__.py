@@ -64,7 +64,19 @@ def parse(argv):
     p.add_argument("--budget", type=float, default=300.0,
                    help="seconds one submission may take in its kernels, all cells together (default: 300); past it "
                         "the rest of that submission is not run, and the report says so")
+    p.add_argument("--scheduler", help="grade on this Dask cluster (tcp://HOST:PORT): one task per hand-in, the jailed "
+                                        "kernels on its workers; needs --db, a gradebook the workers reach")
+    p.add_argument("--db", help="the gradebook's SQLAlchemy URL (postgresql://USER@HOST:PORT/DB; the password in "
+                                "PGPASSWORD or ~/.pgpass, never on the command line); default: SQLite in the course folder")
     args = p.parse_args(argv)
+    if args.db is not None:
+        try:
+            args.db = C.check_db_url(args.db)
+        except ValueError as e:
+            p.error(f"--db: {e}")
+    if args.scheduler and (args.db is None or args.db.startswith("sqlite")):
+        p.error(f"--scheduler: expected --db with a database every worker reaches (postgresql://USER@HOST:PORT/DB); "
+                f"got {'no --db' if args.db is None else 'a SQLite file'}")
     if args.jobs < 1:
         p.error(f"--jobs: expected a positive number of processes; got {args.jobs}")
     if args.export and not args.roster:
@@ -91,13 +103,13 @@ def main(argv=None) -> int:
     run = cleanup.start()  # every temporary folder of the run in one, removed even if the run is killed
     pool = None
     try:
-        root = C.make_course(args.course)
+        root = C.make_course(args.course, db_url=args.db)
         log = root / logs.LOG_NAME
         logs.to_file(log)
-        if args.jobs > 1:  # one numpy kernel zygote for all the workers, started now
+        if args.jobs > 1 and not args.scheduler:  # one numpy kernel zygote for all the workers, started now
             Zygote.share(run.folder)
         # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
-        pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 else None
+        pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 and not args.scheduler else None
         return _grade(args, root, log, pool, run.folder)
     finally:
         if pool is not None:
@@ -169,11 +181,21 @@ def _grade(args, root, log, pool, run_folder) -> int:
         settings = {"timeout": int(math.ceil(args.timeout)), "budget": args.budget}
         if args.due is not None:
             settings |= {"submitted_at": stamps, "late_percent_per_day": args.late_penalty}
-        if pool is not None:  # meanwhile, this process loads what the report needs
+        if pool is not None or args.scheduler:  # meanwhile, this process loads what the report needs
             threading.Thread(target=R.preload, name="report-preload", daemon=True).start()
-        # with workers, each assignment is generated here while they grade the hand-ins handed out before
-        records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
-                               init=functools.partial(logs.to_file, log), pool=pool, prepare=generate)
+        if args.scheduler:
+            from . import cluster
+
+            try:
+                records |= cluster.grade_all(args.scheduler, root, work, settings, on_done=done,
+                                             on_refusal=lambda address, why: tqdm.write(f"{address}: {why}"))
+            except cluster.ClusterError as e:
+                bar.close()
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        else:  # with workers, each assignment is generated here while they grade the hand-ins handed out before
+            records |= G.grade_all(root, work, args.jobs, on_done=done, grade=functools.partial(G.grade_one, settings=settings),
+                                   init=functools.partial(logs.to_file, log), pool=pool, prepare=generate)
     for a in handed_in:  # those whose every hand-in was graded in an earlier run
         generate(a)
     graded, failures = [], []

@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 from nbgrader.api import Gradebook
 
+from .course import source_cell_metadata
 from .judge import failure_text, read_verdicts
 
 # what an answer cell's failure means, by the error the executor wrote (grading.execute), for "Points lost"
@@ -53,6 +54,11 @@ def gather(root: Path, db_url: str, graded: list[tuple[str, str]]):
                 tests[(assignment, gid)][0] += g.score == g.max_score
                 tests[(assignment, gid)][1] += 1
             failing[(assignment, student)] = [gid for gid, g in auto.items() if g.score < g.max_score]
+    order = {}  # the tests of a submission in the order of its notebook, whatever order the database returns them in
+    for assignment, student in graded:
+        if assignment not in order:
+            order[assignment] = {gid: i for i, gid in enumerate(source_cell_metadata(root, assignment))}
+        failing[(assignment, student)].sort(key=lambda gid, rank=order[assignment]: (rank.get(gid, len(rank)), gid))
     for assignment, student in graded:
         verdicts = read_verdicts(root, student, assignment)
         for gid, vs in verdicts.items():

@@ -1,0 +1,264 @@
+"""Grading on a Dask cluster: one task per hand-in, the jailed kernels on the workers.
+
+    python -m grading SUBMISSIONS --scheduler tcp://HOST:PORT --db postgresql://USER@HOST/DB
+
+The grader (this process) collects the hand-ins, generates the assignments
+into the gradebook (PostgreSQL, reached by every worker through nbgrader's
+own SQLAlchemy URL) and submits one task per hand-in to the Dask scheduler.
+Each task carries what its worker needs, so the workers share no file
+system with the grader, only the course's environment: the hand-in, and a
+:class:`Bundle` of the assignment (the course's nbgrader configuration, its
+source notebooks and the course secret for hidden inputs), which the worker
+unpacks once per digest into its own run folder (:mod:`grading.cleanup`:
+removed when the worker ends, however it ends). The worker grades it with
+:func:`grading.runner.grade_one`, as a local worker does, and sends back the
+files of that hand-in (submitted, autograded, feedback, the judge's record),
+which the grader writes into its course folder; the scores are in the
+gradebook already. The journal, the report and ``grades.csv`` are the local
+run's.
+
+Faults:
+
+- a worker that dies mid-task (SIGKILL, out of memory) costs nothing: the
+  scheduler gives its tasks to another worker; nbgrader's autograde replaces
+  whatever the dead worker had written of that submission, so each hand-in
+  is in the gradebook once. A hand-in that kills every worker it reaches
+  (Dask's ``allowed-failures``, 3) becomes one failure line in the report;
+- a worker that cannot build the jail (:func:`grading.jail.isolation` is not
+  ``"full"``) is never given a hand-in: the grader asks every worker first,
+  names those that refuse, and restricts the tasks to the others; a task
+  that reaches one anyway refuses to grade;
+- the scheduler going away (or every worker able to grade) ends the run with
+  one message; the journal lets a rerun grade only what is left.
+
+Nothing secret is logged or shown: Dask logs a failed task's arguments and
+shows task keys on its dashboard, so a bundle's ``repr`` names its digest
+only, the worker's function returns a failure record instead of raising, and
+the keys name the assignment and a digest of the student id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import course as C
+from . import plan as P
+from . import runner as G
+
+# the folders of one hand-in in a course folder that the worker sends back ({s}: student, {a}: assignment)
+OUTPUTS = ("submitted/{s}/{a}", "autograded/{s}/{a}", "feedback/{s}/{a}", "verdicts/{s}/{a}.json")
+NO_WORKER_S = 60.0  # how long a run waits for a worker able to grade before it gives up
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot go on (no scheduler, no worker able to grade); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What a worker needs to grade one assignment: ``files`` = ((path in the course folder, bytes), ...)."""
+
+    assignment: str
+    digest: str
+    files: tuple = field(repr=False)
+
+    def __repr__(self) -> str:  # Dask writes a failed task's arguments to its log: never the secret
+        return f"Bundle({self.assignment!r}, sha256={self.digest[:16]})"
+
+
+def bundle(root: Path, assignment: str) -> Bundle:
+    """The course configuration, ``assignment``'s source folder and the course secret, read from ``root``."""
+    root = Path(root)
+    P.course_secret(root)  # created on first use, as a local run would
+    paths = [root / C.CONFIG_NAME, root / P.SECRET_NAME,
+             *sorted(p for p in (root / "solutions" / assignment).rglob("*") if p.is_file())]
+    files = tuple((p.relative_to(root).as_posix(), p.read_bytes()) for p in paths)
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return Bundle(assignment, h.hexdigest(), files)
+
+
+# ------------------------------------------------------------------ on a worker
+_run = None  # this worker process's run folder (grading.cleanup), made on its first hand-in
+
+
+def _course(b: Bundle) -> Path:
+    """The worker's course folder for ``b``, unpacked once per digest in the worker's run folder."""
+    global _run
+    if _run is None:
+        from . import cleanup
+
+        _run = cleanup.start()  # TMPDIR of this worker: sandboxes, zygotes and courses go, however it ends
+    folder = Path(_run.folder) / "courses" / b.digest
+    if not folder.is_dir():
+        part = folder.with_name(b.digest + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        for name, data in b.files:
+            path = part / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        os.chmod(part / P.SECRET_NAME, 0o600)
+        os.replace(part, folder)
+    return folder
+
+
+def refusal() -> str | None:
+    """Why this worker refuses to grade (its jail is not complete), or None."""
+    from . import jail
+
+    isolation = jail.isolation()
+    if isolation == "full":
+        return None
+    return f"worker {socket.gethostname()} (pid {os.getpid()}) refuses to grade: the jail cannot be built here ({isolation})"
+
+
+def grade_remote(b: Bundle, assignment: str, student: str, notebook: str, settings: dict) -> dict:
+    """A worker's task: grade one hand-in; return ``{"record": ..., "files": {path: bytes}}``. Never raises."""
+    why = refusal()
+    if why:
+        return {"record": G._failed(assignment, student, why), "files": {}, "refused": why}
+    try:
+        root = _course(b)
+        record = G.grade_one(root, assignment, student, notebook, settings)
+        files = {}
+        for pattern in OUTPUTS:
+            top = root / pattern.format(s=student, a=assignment)
+            for path in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+                files[path.relative_to(root).as_posix()] = path.read_bytes()
+            shutil.rmtree(top, ignore_errors=True) if top.is_dir() else top.unlink(missing_ok=True)
+        return {"record": record | {"worker": socket.gethostname()}, "files": files}
+    except Exception as e:  # noqa: BLE001 - a record, never a traceback with the task's arguments in Dask's log
+        return {"record": G._failed(assignment, student, f"the grading worker raised {type(e).__name__}: {e}"),
+                "files": {}}
+
+
+# ------------------------------------------------------------------ the grader
+def _key(assignment: str, student: str, text: str) -> str:
+    return f"grade-{assignment}-{G.sha256_text(student + chr(0) + text)[:16]}"
+
+
+def _place(root: Path, assignment: str, student: str, files: dict) -> None:
+    """Write a worker's files of one hand-in into the course folder, replacing what was there."""
+    root = Path(root)
+    for pattern in OUTPUTS:
+        top = root / pattern.format(s=student, a=assignment)
+        shutil.rmtree(top, ignore_errors=True) if top.is_dir() else top.unlink(missing_ok=True)
+    for name, data in files.items():
+        path = (root / name).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise ClusterError(f"a worker sent back a file outside the course folder: {name!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def connect(scheduler: str, timeout: float = 30.0):
+    """A Dask client of ``scheduler``, or ClusterError saying what was expected and what happened."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"--scheduler {scheduler}: expected a running Dask scheduler there; could not connect "
+                           f"within {timeout:g} s ({type(e).__name__}: {e})") from None
+
+
+def able_workers(client, on_refusal=None) -> list[str]:
+    """The workers that can grade (a full jail); each one that refuses is passed to ``on_refusal(address, why)``."""
+    able = []
+    for address, why in sorted(client.run(refusal).items()):
+        if why is None:
+            able.append(address)
+        elif on_refusal is not None:
+            on_refusal(address, why)
+    return able
+
+
+def grade_all(scheduler: str, root: Path, work: list[tuple[str, str, str]], settings: dict, on_done=None,
+              on_refusal=None, wait_s: float = NO_WORKER_S) -> dict:
+    """Grade ``work`` = [(assignment, student, notebook JSON)] on the cluster at ``scheduler``.
+
+    As :func:`grading.runner.grade_all`: ``on_done(record)`` in completion order, returns
+    ``{(assignment, student): record}``. Raises ClusterError when the run cannot go on; the
+    records done by then have been passed to ``on_done`` (the journal keeps them).
+    """
+    from distributed import wait
+
+    root = Path(root)
+    results = {}
+    if not work:
+        return results
+    client = connect(scheduler)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not (able := able_workers(client, on_refusal)):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"--scheduler {scheduler}: no worker able to grade (a running worker whose jail "
+                                   f"is complete) joined within {wait_s:g} s")
+            on_refusal = None  # named once
+            time.sleep(1.0)
+        bundles = {a: bundle(root, a) for a in sorted({a for a, _, _ in work})}
+        pending = {}
+        for a, s, text in work:
+            fut = client.submit(grade_remote, bundles[a], a, s, text, settings, key=_key(a, s, text), pure=False,
+                                workers=able, allow_other_workers=False)
+            pending[fut] = (a, s)
+        alone_since = None
+        while pending:
+            with client.as_current():
+                try:
+                    done, _ = wait(list(pending), timeout=2.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+            for fut in done:
+                a, s = pending.pop(fut)
+                record = _outcome(fut, root, a, s, scheduler)
+                results[(a, s)] = record
+                if on_done:
+                    on_done(record)
+            if not done:  # nothing finished: is anyone left to finish it?
+                if client.status != "running":
+                    raise _gone(scheduler, len(pending))
+                alive = set(client.scheduler_info(n_workers=-1).get("workers", {})) & set(able)
+                alone_since = None if alive else (alone_since or time.monotonic())
+                if alone_since is not None and time.monotonic() - alone_since > wait_s:
+                    raise ClusterError(f"--scheduler {scheduler}: every worker able to grade is gone; {len(pending)} "
+                                       "hand-ins were not graded: start workers and run the same command again "
+                                       "(the journal keeps what was graded)")
+        return results
+    finally:
+        with contextlib.suppress(Exception):  # closing a client whose scheduler is gone raises
+            client.close(timeout=5)
+
+
+def _gone(scheduler: str, left: int) -> ClusterError:
+    return ClusterError(f"--scheduler {scheduler}: the Dask scheduler went away; {left} hand-ins were not graded: "
+                        "run the same command again once it is back (the journal keeps what was graded)")
+
+
+def _outcome(fut, root: Path, assignment: str, student: str, scheduler: str) -> dict:
+    """The record of a finished task, its files placed; a failed task's record says why."""
+    from distributed import KilledWorker
+
+    if fut.status == "finished":
+        out = fut.result()
+        if out.get("refused"):
+            print(out["refused"], file=sys.stderr)
+        _place(root, assignment, student, out["files"])
+        return out["record"]
+    if fut.status == "cancelled":
+        raise _gone(scheduler, 1)
+    error = fut.exception()
+    if isinstance(error, KilledWorker):
+        why = "the grading workers died on this submission (three times, on workers); the rest of the class was graded"
+    else:
+        why = f"the grading task failed ({type(error).__name__})"
+    return G._failed(assignment, student, why)
