@@ -46,6 +46,7 @@ import shutil
 import socket
 import sys
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,6 +219,8 @@ def grade_all(scheduler: str, root: Path, work: list[tuple[str, str, str]], sett
                     done, _ = wait(list(pending), timeout=2.0, return_when="FIRST_COMPLETED")
                 except TimeoutError:
                     done = set()
+                except CancelledError:  # Dask cancels every pending task when it loses the scheduler
+                    raise _gone(scheduler, len(pending)) from None
             for fut in done:
                 a, s = pending.pop(fut)
                 record = _outcome(fut, root, a, s, scheduler)
