@@ -18,12 +18,20 @@ export KERAS_BACKEND := tensorflow
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: book book-timing browser lint test test-fast bench grade grade-sample formgrader release env lock clean
+.PHONY: book book-timing wheel browser lint test test-fast bench grade grade-sample formgrader release env lock clean
 
 # Warnings and broken references are errors. Executed notebook outputs are
 # cached in _build/.jupyter_cache: an unchanged page is not run again.
-book: $(STAMP)
+# The learner's wheel is built first: the site serves it (wheels/, html_extra_path).
+book: $(STAMP) wheel
 	$(BIN)/jupyter-book build -W -n --keep-going .
+
+# The learner's package, one pure-Python wheel of bnlib and bncheck (numpy its
+# only dependency; no grading code, no solutions), built offline by
+# learner/build.py from learner/pyproject.toml:
+# _build/learner/wheels/bnlib_course-0.1.0-py3-none-any.whl
+wheel: $(STAMP)
+	$(BIN)/python learner/build.py
 
 # Cold build (fresh folder, no cache) against an unchanged rebuild.
 book-timing: $(STAMP)

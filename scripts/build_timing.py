@@ -4,8 +4,9 @@
 
 Copies the book's sources (the files git tracks or would track: no _build,
 no .venv) into a fresh temporary folder, so that edits made meanwhile cannot
-disturb the measurement, and builds that copy three times with the same
-command as `make book` (`jupyter-book build -W -n --keep-going`). It prints:
+disturb the measurement, builds the learner's wheel there as `make book`
+does, and builds that copy three times with the same command as
+`make book` (`jupyter-book build -W -n --keep-going`). It prints:
 
 1. cold: a fresh output folder, so no Sphinx environment and no execution
    cache: every page is read and every notebook cell is run;
@@ -45,6 +46,9 @@ def snapshot(dest: Path) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+    # The site serves the learner's wheel (html_extra_path: _build/learner): build it as `make book` does.
+    subprocess.run([sys.executable, str(dest / "learner" / "build.py"), str(dest / "_build" / "learner" / "wheels")],
+                   cwd=dest, check=True, stdout=subprocess.DEVNULL)
     return dest
 
 

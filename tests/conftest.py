@@ -25,7 +25,7 @@ settings.load_profile("course")
 # Markers by file, so the slow end-to-end tests can be left out (`make test-fast`
 # runs -m "not grading and not site"): `grading` for the tests that run the real
 # nbgrader and kernels, `site` for the page tests in a browser.
-GRADING_FILES = {"test_exercises.py", "test_adversarial.py", "test_jail.py"}
+GRADING_FILES = {"test_exercises.py", "test_adversarial.py", "test_jail.py", "test_learner_wheel.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -35,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
+WHEEL = "bnlib_course-0.1.0-py3-none-any.whl"  # the learner's wheel (learner/build.py; test_learner_wheel.py checks the name)
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "_build" / "screenshots"))
 IN_CI = bool(os.environ.get("CI"))
 
@@ -129,6 +130,25 @@ def test_mathjax_is_served_from_the_site_itself():
         assert "//" not in src, f"expected MathJax from the site (a relative path); received {src!r}"
         local = src.split("?")[0].split("_static/", 1)[-1]
         assert (SITE / "_static" / local).is_file(), f"MathJax script {src!r} is referenced but missing under {SITE / '_static'}"
+
+
+def test_the_site_serves_the_learner_wheel_that_every_exercise_page_links():
+    """`make book` builds the wheel first (learner/build.py) and the site serves it at wheels/ (html_extra_path)."""
+    import zipfile
+
+    require_site()
+    wheel = SITE / "wheels" / WHEEL
+    assert wheel.is_file(), f"expected the learner's wheel at {wheel} (built by `make wheel`, copied by html_extra_path)"
+    with zipfile.ZipFile(wheel) as z:
+        tops = {n.split("/", 1)[0] for n in z.namelist()}
+    assert {"bnlib", "bncheck"} <= tops and "grading" not in tops, f"{wheel.name} holds {sorted(tops)}"
+    pages = sorted((SITE / "release").rglob("*.html"))
+    assert pages, "expected the exercise pages under release/"
+    for page in pages:
+        links = re.findall(r'href="([^"]*' + re.escape(WHEEL) + ')"', page.read_text(encoding="utf-8"))
+        assert links, f"{page.relative_to(SITE)}: expected a link to {WHEEL}"
+        assert all((page.parent / link).resolve() == wheel.resolve() for link in links), f"{page}: {links} do not reach {wheel}"
+        assert "pip install numpy" in page.read_text(encoding="utf-8"), f"{page}: expected its pip install line"
 
 
 @pytest.mark.parametrize("folder", ["solutions", "grading"])
