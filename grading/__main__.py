@@ -188,7 +188,7 @@ def _grade(args, root, log, pool, run_folder) -> int:
 
             try:
                 records |= cluster.grade_all(args.scheduler, root, work, settings, on_done=done,
-                                             on_refusal=lambda address, why: tqdm.write(f"{address}: {why}"))
+                                             on_refusal=lambda address, why: tqdm.write(f"{address}: {why}", file=sys.stderr))
             except cluster.ClusterError as e:
                 bar.close()
                 print(f"error: {e}", file=sys.stderr)

@@ -161,7 +161,7 @@ def _place(root: Path, assignment: str, student: str, files: dict) -> None:
         path.write_bytes(data)
 
 
-def connect(scheduler: str, timeout: float = 30.0):
+def connect(scheduler: str, timeout: float = 15.0):
     """A Dask client of ``scheduler``, or ClusterError saying what was expected and what happened."""
     from distributed import Client
 

@@ -29,6 +29,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from _support import jail_processes
 from grading import course as C
 from grading import runner as G
 from grading.__main__ import main
@@ -94,21 +95,6 @@ def _ancestors(pid: int) -> list[int]:
         pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the command name in parentheses
         chain.append(pid)
     return chain
-
-
-def jail_processes() -> list[int]:
-    """Zygotes, keepers and kernels: all run ``python -m grading.zygote`` (a kernel is a fork of its zygote)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"grading.zygote" in args:
-            found.append(int(entry.name))
-    return found
 
 
 def stray_jail_processes() -> list[int]:
