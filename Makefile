@@ -18,7 +18,7 @@ export KERAS_BACKEND := tensorflow
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: book book-timing wheel browser lint test test-fast bench grade grade-sample formgrader release env lock clean
+.PHONY: book book-timing wheel browser postgres lint test test-fast bench grade grade-sample formgrader release env lock clean
 
 # Warnings and broken references are errors. Executed notebook outputs are
 # cached in _build/.jupyter_cache: an unchanged page is not run again.
@@ -52,6 +52,21 @@ browser:
 	  echo "         the page tests will skip (under CI they fail)"; \
 	fi
 
+# The cluster tests (tests/test_grading_cluster.py) start a throwaway PostgreSQL
+# server with Debian's programs (initdb, pg_ctl). Install them when missing and we
+# can (root with apt-get); otherwise say so: those tests then skip, or fail when CI is set.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+	  echo "postgres: $$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "postgres: installing Debian's postgresql with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+	    || { echo "postgres: apt-get install postgresql failed"; [ -z "$$CI" ] || exit 1; }; \
+	else \
+	  echo "postgres: PostgreSQL is missing and cannot be installed here (needs root and apt-get);"; \
+	  echo "          the cluster tests will skip (under CI they fail)"; \
+	fi
+
 # Lint with ruff (configured in pyproject.toml; CI runs this before the tests).
 # Only `ruff check`: the code is not in ruff-format style, and is not reformatted.
 lint: $(STAMP)
@@ -59,7 +74,7 @@ lint: $(STAMP)
 
 # The tests include the built site: build it first (from scratch on a fresh
 # clone, from the execution cache afterwards).
-test: book browser
+test: book browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while editing: bnlib and framework tests on two workers, without
