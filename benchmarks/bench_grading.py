@@ -16,6 +16,9 @@ mixed; see ``grading.samples``) is graded
     judge, feedback, journal, grades.csv and report), one notebook at a time;
 (b) by the instructor's command, ``python -m grading --jobs J``: the same work,
     J notebooks at a time;
+(d) with ``--cluster``: by the same command on a local Dask cluster, two
+    workers (one thread each) and a PostgreSQL gradebook, both throwaway
+    (``tests/_cluster.py``): ``--scheduler ... --db ...``, against (b);
 (c) by executing each filled notebook once with nbclient (``NotebookClient``,
     a plain kernel, no grading): the floor any grader pays per notebook.
 
@@ -110,11 +113,11 @@ def run_sequential_nbgrader(course: Path, src: Path, work, stock: bool) -> float
     return elapsed
 
 
-def run_command(course: Path, src: Path, jobs: int) -> float:
-    """(b) or (b1): the instructor's command, end to end, as the instructor runs it (a new process)."""
+def run_command(course: Path, src: Path, jobs: int, *extra: str) -> float:
+    """(b), (b1) or (d): the instructor's command, end to end, as the instructor runs it (a new process)."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "grading", str(src), "--course", str(course), "--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "grading", str(src), "--course", str(course), "--jobs", str(jobs), *extra]
     t = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
@@ -149,11 +152,30 @@ def run_nbclient(src: Path, work) -> tuple[float, dict[str, set[str]]]:
     return total, heavy
 
 
+def run_cluster(course: Path, src: Path, workers: int, base: Path) -> float:
+    """(d): the command on a throwaway local Dask cluster (``workers`` one-thread workers) and PostgreSQL gradebook."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _cluster import DaskCluster, Postgres
+
+    pg = Postgres(Path(tempfile.mkdtemp(prefix="bench-pg-", dir="/tmp")))
+    dask = DaskCluster(base / "dask", workers)
+    try:
+        pg.start()
+        dask.start()
+        return run_command(course, src, workers, "--scheduler", dask.address, "--db", pg.url)
+    finally:
+        dask.stop()
+        pg.stop()
+        shutil.rmtree(pg.folder, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--students", type=int, default=20)
     p.add_argument("--assignments", default=",".join(QUICK), help="comma-separated names, or 'all'")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--cluster", action="store_true",
+                   help="also (d): the command on a local Dask cluster of --jobs workers with a PostgreSQL gradebook")
     p.add_argument("--keep", type=Path, help="folder to keep the class and course folders in (default: a temporary one, removed)")
     args = p.parse_args(argv)
     names = C.assignments() if args.assignments == "all" else args.assignments.split(",")
@@ -182,6 +204,10 @@ def main(argv=None) -> int:
         t_b1 = run_command(base / "course-b1", src, 1)
         print(f"(b) python -m grading --jobs {args.jobs} ...", flush=True)
         t_b = run_command(base / "course-b", src, args.jobs)
+        t_d = None
+        if args.cluster:
+            print(f"(d) python -m grading --scheduler (local Dask cluster, {args.jobs} workers) --db postgresql ...", flush=True)
+            t_d = run_cluster(base / "course-d", src, args.jobs, base)
         print("(c) nbclient, each notebook once ...", flush=True)
         t_c, heavy = run_nbclient(src, work)
     finally:
@@ -192,7 +218,8 @@ def main(argv=None) -> int:
     print(f"{'run':<44}{'s/notebook':>12}{'notebooks/min':>15}")
     for label, t in (("(a) plain sequential nbgrader autograde", t_a), ("(a') the same, jailed kernels (zygote)", t_aj),
                      ("(b1) python -m grading --jobs 1", t_b1), (f"(b) python -m grading --jobs {args.jobs}", t_b),
-                     ("(c) plain nbclient execution", t_c)):
+                     ("(c) plain nbclient execution", t_c),
+                     *([(f"(d) Dask cluster, {args.jobs} workers, PostgreSQL", t_d)] if t_d else [])):
         print(f"{label:<44}{t / n:>12.2f}{60 * n / t:>15.1f}")
     speedup = t_a / t_b
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
@@ -202,6 +229,9 @@ def main(argv=None) -> int:
           f"one at a time; (b) also writes feedback, grades.csv and the report)")
     print(f"throughput of (b) / (b1): {t_b1 / t_b:.2f}x   (target >= 1.7x: the instructor's whole command, "
           f"--jobs {args.jobs} against --jobs 1, the same work done in parallel or one notebook at a time)")
+    if t_d:
+        print(f"throughput of (d) / (b): {t_b / t_d:.2f}x   (target: within 15%, 0.85x to 1.15x: {args.jobs} Dask workers "
+              f"with a PostgreSQL gradebook against --jobs {args.jobs} on this machine)")
     print(f"per-notebook time, (a) / (c): {t_a / t_c:.2f}x   (nbgrader's own overhead over executing the notebook)")
     print(f"per-notebook time, (a') / (c): {t_aj / t_c:.2f}x")
     per_b = t_b * min(args.jobs, os.cpu_count() or 1) / n  # process-seconds each notebook cost in (b)
