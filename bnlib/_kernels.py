@@ -1,7 +1,7 @@
 """Fast numpy kernels behind :mod:`bnlib.functional` (private).
 
 The arithmetic is the textbook's, step for step; only the way numpy is driven
-differs. Three things make it fast (measured with ``benchmarks/bench_batchnorm.py``
+differs. Four things make it fast (measured with ``benchmarks/bench_batchnorm.py``
 on (4096, 1024) and (64, 64, 32, 32) float32):
 
 1. Per-channel sums make no temporary: ``add.reduce`` over the rows of an
@@ -17,6 +17,15 @@ on (4096, 1024) and (64, 64, 32, 32) float32):
 3. The long rows are cut into blocks of about :data:`_BLOCK` bytes, and each
    chain of element-wise steps (e.g. ``xhat *= s; out = xhat * g; out += b``)
    runs on one block at a time, while it is in cache.
+4. Sums are taken block by block too, in the pass that already has the block
+   in cache: the sum of squares of the centred input right after centring it
+   (:func:`center_sumsq`), ``sum(g)`` and ``sum(g * xhat)`` together
+   (:func:`grad_sums`). Forward + backward make 12 ufunc calls per element,
+   which read an input-sized array from memory 7 times and write one 4 times
+   (xhat twice, out, dx); the rest run on a block in cache. The per-block
+   partial sums are added at the end (two-level summation), so float32 sums
+   over thousands of rows err about ten times less than one running sum down
+   the rows.
 
 Memory: no input-sized temporary; the large arrays are the ones the caller
 passes in to be filled.
@@ -77,6 +86,11 @@ class Layout:
             return np.add.reduce(a3[:, :, 0], axis=0)
         return _rowdot(a3, np.ones(B, a3.dtype)).sum(axis=0)
 
+    def samples(self, part: np.ndarray) -> np.ndarray:
+        """A part from :meth:`parts` (whole samples) as an ``(a, C, B)`` view, to reduce over."""
+        A, C, B = self.shape3
+        return part.reshape(-1, C, B)
+
     def channel_dot(self, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
         """Per-channel ``sum(a * b)``, shape (C,), without a temporary."""
         if self.flat:
@@ -107,10 +121,24 @@ class Layout:
         return (t,) * self.n_blocks + ((t[: C * B],) if self.main < A else ())
 
 
-def center(lay: Layout, x3, mean, xc3) -> None:
-    """``xc3 = x3 - mean``."""
+def channel_mean(lay: Layout, x3) -> np.ndarray:
+    """Per-channel mean of ``x3``, shape (C,): block sums, then their sum."""
+    A, C, B = lay.shape3
+    total = np.zeros(C, lay.dtype)
+    for part in lay.parts(x3):
+        total += lay.channel_sum(lay.samples(part))
+    return total / lay.dtype.type(A * B)
+
+
+def center_sumsq(lay: Layout, x3, mean, xc3) -> np.ndarray:
+    """``xc3 = x3 - mean``; returns the per-channel ``sum(xc3**2)``, shape (C,),
+    each block's share taken while the block is in cache."""
+    total = np.zeros(lay.shape3[1], lay.dtype)
     for x, m, c in zip(lay.parts(x3), lay.tile(mean), lay.parts(xc3), strict=True):
         np.subtract(x, m, out=c)
+        c = lay.samples(c)
+        total += lay.channel_dot(c, c)
+    return total
 
 
 def scale_affine(lay: Layout, xhat3, inv_std, gamma, beta, out3) -> None:
@@ -119,6 +147,18 @@ def scale_affine(lay: Layout, xhat3, inv_std, gamma, beta, out3) -> None:
         np.multiply(h, s, out=h)
         np.multiply(h, g, out=o)
         np.add(o, b, out=o)
+
+
+def grad_sums(lay: Layout, g3, xhat3):
+    """Per-channel ``(sum(g3), sum(g3 * xhat3))``, each shape (C,), in one pass
+    over both arrays."""
+    C = lay.shape3[1]
+    sum_g, sum_gx = np.zeros(C, lay.dtype), np.zeros(C, lay.dtype)
+    for g, h in zip(lay.parts(g3), lay.parts(xhat3), strict=True):
+        g = lay.samples(g)
+        sum_g += lay.channel_sum(g)
+        sum_gx += lay.channel_dot(g, lay.samples(h))
+    return sum_g, sum_gx
 
 
 def grad_input(lay: Layout, g3, xhat3, mean_g, mean_gx, k, dx3) -> None:

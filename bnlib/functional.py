@@ -109,19 +109,20 @@ def _statistics(x3: np.ndarray, x: np.ndarray, lay: _kernels.Layout | None = Non
     """Mean and biased variance per channel, two-pass (``bn-mean``, ``bn-var``).
 
     Returns ``(mean, var, xc)`` where ``xc = x - mean`` is the centred input,
-    a new C-contiguous ``(A, C, B)`` array the caller may overwrite (the only
-    input-sized array this function allocates).
+    a C-contiguous ``(A, C, B)`` array the caller may overwrite: ``xc`` itself
+    when given, else a new one (the only input-sized array this function
+    allocates). The second pass centres a block and adds up its squares while
+    the block is in cache.
     """
     if lay is None:
         lay = _kernels.Layout(x3.shape, x3.dtype, x3)
     n = x3.shape[0] * x3.shape[2]
-    mean = lay.channel_sum(x3) / x.dtype.type(n)
+    mean = _kernels.channel_mean(lay, x3)
     if not np.isfinite(mean).all():
         _checks.check_finite(x, "x")
         _checks.raise_overflow(x, "x")
     xc = np.empty(x3.shape, dtype=x3.dtype) if xc is None else xc.reshape(x3.shape)
-    _kernels.center(lay, x3, mean, xc)
-    var = lay.channel_dot(xc, xc) / x.dtype.type(n)
+    var = _kernels.center_sumsq(lay, x3, mean, xc) / x.dtype.type(n)
     if not np.isfinite(var).all():
         _checks.raise_overflow(x, "x")
     return mean, var, xc
@@ -295,10 +296,9 @@ def batchnorm_backward(dout, cache: BatchNormCache, *, out=None):
     xhat3 = _as3d(cache.xhat, ax)
     n = g3.shape[0] * g3.shape[2]
     lay = _kernels.Layout(g3.shape, np.result_type(dout, cache.xhat), g3, xhat3)
-    dbeta = lay.channel_sum(g3)
+    dbeta, dgamma = _kernels.grad_sums(lay, g3, xhat3)  # one pass over dout and xhat
     if not np.isfinite(dbeta).all():
         _checks.check_finite(dout, "dout")
-    dgamma = lay.channel_dot(g3, xhat3)
     # dx = k * (g - mean(g) - xhat * mean(g * xhat)), k = gamma * inv_std,
     # built in place in one output-sized array, the only one allocated.
     dx3 = np.empty(g3.shape, dtype=lay.dtype) if out is None else out.reshape(g3.shape)

@@ -45,6 +45,47 @@ def test_bad_out_shape_or_dtype_is_a_clear_error():
         batchnorm_forward(x, np.ones(3), np.zeros(3), out=[0.0] * 12)
 
 
+EXPECT_8x3_F64 = r"must have shape \(8, 3\) and dtype float64; got shape "
+
+
+@pytest.mark.parametrize(
+    "which,buf,expected",
+    [
+        ("xhat_out", np.empty((8, 3), np.float32), r"xhat_out " + EXPECT_8x3_F64 + r"\(8, 3\) and dtype float32"),
+        ("xhat_out", np.empty((3, 8)), r"xhat_out " + EXPECT_8x3_F64 + r"\(3, 8\) and dtype float64"),
+        ("dx out", np.empty((8, 3), np.float32), r"out " + EXPECT_8x3_F64 + r"\(8, 3\) and dtype float32"),
+        ("out", np.empty((3, 8)).T, r"out must be a writeable C-contiguous array"),
+    ],
+)
+def test_each_buffer_with_a_wrong_dtype_shape_or_layout_names_expected_and_received(which, buf, expected):
+    x = np.arange(24.0).reshape(8, 3) ** 1.5
+    g, b = np.ones(3), np.zeros(3)
+    with pytest.raises(ValueError, match=expected):
+        if which == "dx out":
+            _, cache = batchnorm_forward(x, g, b)
+            batchnorm_backward(np.ones_like(x), cache, out=buf)
+        else:
+            batchnorm_forward(x, g, b, **{which: buf})
+
+
+def test_reused_buffers_give_identical_results_step_after_step():
+    """A loop reusing out, xhat_out and dx across steps gets, at every step,
+    exactly what fresh arrays give (nothing left over from the step before)."""
+    rng = np.random.default_rng(2)
+    shape, C = (512, 96), 96
+    g, b = rng.normal(size=C).astype(np.float32), rng.normal(size=C).astype(np.float32)
+    out, xh, dxo = (np.empty(shape, np.float32) for _ in range(3))
+    for step in range(3):
+        x = (rng.normal(size=shape) * (step + 1) + step).astype(np.float32)
+        dout = rng.normal(size=shape).astype(np.float32)
+        ref, cache = batchnorm_forward(x, g, b)
+        refs = (ref, *batchnorm_backward(dout, cache))
+        got, c2 = batchnorm_forward(x, g, b, out=out, xhat_out=xh)
+        gots = (got, *batchnorm_backward(dout, c2, out=dxo))
+        for label, a, r in zip(("out", "dx", "dgamma", "dbeta"), gots, refs):
+            np.testing.assert_array_equal(a, r, err_msg=f"{label} at step {step}")
+
+
 def test_aliasing_input_and_out_is_rejected():
     x = np.ones((4, 3)) + np.arange(12).reshape(4, 3)
     with pytest.raises(ValueError, match="out shares memory with x"):
