@@ -141,7 +141,12 @@ def _grade(args, root, log, pool, run_folder) -> int:
         for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in handed_in}):
             if frameworks:
                 Zygote.share(run_folder, frameworks)
-    C.create_gradebook(api.coursedir.db_url)
+    try:
+        C.create_gradebook(api.coursedir.db_url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: a server not there, a database not made
+        print(f"error: the gradebook {C.safe_url(api.coursedir.db_url)}: expected a database this process can open and "
+              f"write; got {type(e).__name__}: {str(e).splitlines()[0][:300]}", file=sys.stderr)
+        return 2
     generated = set()
 
     def generate(assignment):  # the student version and the gradebook's rows, just before its first hand-in is graded
@@ -149,7 +154,8 @@ def _grade(args, root, log, pool, run_folder) -> int:
             C.generate(api, [assignment])
             generated.add(assignment)
 
-    if args.due is not None or pool is None:  # the due date goes on generated assignments; one process: nothing to overlap
+    # the due date goes on generated assignments; with one process there is nothing to overlap generation with
+    if args.due is not None or (pool is None and not args.scheduler):
         for a in handed_in:
             generate(a)
     journal = G.Journal(root)
@@ -187,7 +193,7 @@ def _grade(args, root, log, pool, run_folder) -> int:
             from . import cluster
 
             try:
-                records |= cluster.grade_all(args.scheduler, root, work, settings, on_done=done,
+                records |= cluster.grade_all(args.scheduler, root, work, settings, on_done=done, prepare=generate,
                                              on_refusal=lambda address, why: tqdm.write(f"{address}: {why}", file=sys.stderr))
             except cluster.ClusterError as e:
                 bar.close()

@@ -48,6 +48,16 @@ def make_course(dest: Path, *, with_solutions: bool = True, db_url: str | None =
 DB_TIMEOUT_S = 120
 
 
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown (a password, should there be one, masked)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: show nothing of it
+        return "(not a database URL)"
+
+
 def check_db_url(url: str) -> str:
     """A gradebook URL (``--db``) checked: one SQLAlchemy can open, without a password in it.
 

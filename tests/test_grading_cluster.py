@@ -211,11 +211,16 @@ def test_the_command_needs_a_shared_gradebook_for_a_cluster():
         assert "hunter2" not in done.stderr
 
 
-def test_no_scheduler_there_is_one_clear_error(tmp_path, hand_ins, postgres):
+def test_no_scheduler_or_no_database_there_is_one_clear_error(tmp_path, hand_ins, postgres):
     done = subprocess.run(command(hand_ins, tmp_path / "course", "--scheduler", "tcp://127.0.0.1:9", "--db", postgres.url),
                           cwd=C.PROJECT, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "expected a running Dask scheduler there" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    missing = postgres.url.rsplit("/", 1)[0] + "/no-such-database"
+    done = subprocess.run(command(hand_ins, tmp_path / "course2", "--db", missing), cwd=C.PROJECT, env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "expected a database this process can open and write" in done.stderr and "no-such-database" in done.stderr
 
 
 def test_a_bundle_never_shows_the_course_secret(tmp_path):
