@@ -30,11 +30,32 @@ run entirely on the calling thread, so their CPU times compare; torch at 2
 threads does not (its second thread is not counted), and gets no CPU ratio.
 The load average before and after is printed: on a busy machine trust the
 CPU-time ratios more than the wall-time ones. Both clocks include the page
-faults of first touching freshly allocated outputs (bnlib allocates three
-input-sized arrays per step, out, xhat and dx; torch two), as a training loop
-would pay them. ``bnlib-out`` is the same bnlib call with ``out=``/``xhat_out=``
+faults of first touching freshly allocated outputs, as a training loop would
+pay them (bnlib allocates three input-sized arrays per step, out, xhat and dx;
+torch two; see ``faults/call`` below for who actually faults). ``bnlib-out`` is the same bnlib call with ``out=``/``xhat_out=``
 and the backward's ``out=`` reusing three buffers made once, the steady state
 of a loop that keeps its buffers; its peak extra memory excludes those buffers.
+
+Threads: torch runs under ``torch.set_num_threads(T)``; numpy's BLAS (which
+bnlib's ``vecdot`` may reach) is pinned to one thread by ``OPENBLAS_NUM_THREADS``
+and ``MKL_NUM_THREADS`` (set to 1 before numpy is imported, unless already
+set) and, with threadpoolctl installed, limited to one thread for the run
+whatever the environment says; the header prints the thread count the BLAS
+library itself reports. numpy's element-wise ufuncs and reductions are
+single-threaded.
+
+Page faults: the ``faults/call`` column counts minor page faults per call
+(process-wide, ``getrusage``, in untimed calls after the timed ones): the
+first touches of fresh output pages, which both clocks pay. It shows who
+faults in fresh arrays on every call (torch, whose allocator hands large
+blocks back to the system) and who does not (``bnlib-out``; the allocating
+``bnlib`` mostly gets glibc's recycled pages).
+
+Back to back: the interleaving above lets the allocating ``bnlib`` recycle
+the pages torch and the naive version have just freed, which hides what
+``out=`` saves. The line "bnlib back to back" times ``bnlib`` and
+``bnlib-out`` each called ``--repeat`` times in a row (CPU time, median), as in
+a loop of bnlib alone, with their page faults per call.
 
 Before any timing, the outputs and all three gradients of bnlib and of the
 naive version are checked against PyTorch to float32 tolerance, so the
@@ -64,6 +85,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -72,6 +94,9 @@ from pathlib import Path
 
 # bnlib's reductions may reach BLAS (``vecdot`` uses its dot product); pin BLAS
 # to one thread so that it cannot quietly add a core. Before numpy is imported.
+# main() also limits it with threadpoolctl where installed, and prints the
+# thread count numpy's BLAS reports, so that a different setting is visible.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
@@ -199,6 +224,55 @@ def peak_extra_memory(fn, x, dout, gamma, beta):
     return peak / x.nbytes
 
 
+def numpy_blas_one_thread():
+    """Limit numpy's BLAS to one thread for the run and say what it reports.
+
+    Returns ``(restore, description)``, ``restore()`` undoing the limit. With threadpoolctl installed the limit is
+    applied (whatever the environment says) and the description is what the
+    BLAS library itself reports inside it; without it, only the environment
+    variables set before numpy was imported act, and the description says so.
+    """
+    env = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in BLAS_THREAD_VARS)
+    try:
+        import threadpoolctl
+    except ImportError:
+        return (lambda: None), f"numpy BLAS threads: not checked (no threadpoolctl); {env}"
+    limit = threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+    libs = [m for m in threadpoolctl.threadpool_info() if m["user_api"] == "blas" and "numpy" in m["filepath"]]
+    if not libs:
+        return limit.restore_original_limits, f"numpy BLAS threads: no BLAS library of numpy's found by threadpoolctl; {env}"
+    desc = "; ".join(f"{m['internal_api']} {m['version']}: {m['num_threads']} thread(s)" for m in libs)
+    if any(m["num_threads"] != 1 for m in libs):
+        limit.restore_original_limits()
+        raise SystemExit(f"numpy's BLAS must run on 1 thread for a 1-thread comparison; it reports {desc} ({env})")
+    return limit.restore_original_limits, f"numpy BLAS limited to 1 thread with threadpoolctl, and reports {desc}; {env}"
+
+
+def minor_faults_per_call(setup, fn, calls=3):
+    """Page faults (first touches of a fresh page) per call, process-wide, untimed."""
+    setup()
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def back_to_back(fn, repeat, warmup=2):
+    """``fn`` called ``repeat`` times in a row, as a training loop would (after
+    ``warmup`` calls): median CPU ms of the calling thread and page faults per call."""
+    for _ in range(warmup):
+        fn()
+    cpu = []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeat):
+        c0 = time.thread_time()
+        fn()
+        cpu.append(time.thread_time() - c0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeat
+    return statistics.median(cpu) * 1e3, faults
+
+
 def thread_counts(arg):
     default = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
     counts = [int(t) for t in arg.split(",")] if arg else default
@@ -225,6 +299,7 @@ def main(argv=None):
     threads = thread_counts(args.threads)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     torch_threads_before = torch.get_num_threads()
+    restore_blas_threads, blas_desc = numpy_blas_one_thread()
 
     info = {
         "python": platform.python_version(),
@@ -232,6 +307,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "numpy_blas_threads": blas_desc,
         "torch_threads": threads,
         "repeat": args.repeat,
         "dtype": "float32",
@@ -240,7 +316,8 @@ def main(argv=None):
     print(
         f"bnlib batch-norm benchmark: forward + backward, training mode, float32; median of {args.repeat} repeats\n"
         f"python {info['python']}, numpy {info['numpy']}, torch {info['torch']}, {info['cpu_count']} CPU(s); "
-        f"bnlib and naive use 1 thread, torch uses {', '.join(map(str, threads))}"
+        f"bnlib and naive use 1 thread, torch uses {', '.join(map(str, threads))} (torch.set_num_threads)\n"
+        f"{blas_desc}"
     )
 
     results = []
@@ -284,6 +361,8 @@ def main(argv=None):
                     t1, c1 = time.perf_counter(), time.thread_time()
                     times[name].append(t1 - t0)
                     cpu[name].append(c1 - c0)
+        faults = {name: minor_faults_per_call(setups[name], impls[name]) for name in names}
+        loop = {name: back_to_back(impls[name], args.repeat) for name in ("bnlib", "bnlib-out")}
         torch.set_num_threads(torch_threads_before)
 
         med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
@@ -307,13 +386,16 @@ def main(argv=None):
                     "cpu_ratio_to_torch_1": cmed[name] / cmed["torch[1]"] if t == 1 else None,
                     "ratio_to_naive": med[name] / med["naive"],
                     "peak_extra_memory_x": mem.get(name),
+                    "minor_faults_per_call": faults[name],
+                    "back_to_back_cpu_ms": loop[name][0] if name in loop else None,
+                    "back_to_back_faults_per_call": loop[name][1] if name in loop else None,
                 }
             )
 
     print()
     header = (
         f"{'shape':<18} {'impl':<9} {'threads':>7} {'wall ms':>8} {'min ms':>7} {'cpu ms':>7} "
-        f"{'wall/torch same T':>17} {'cpu/torch[1]':>12} {'wall/naive':>10} {'peak extra mem':>15}"
+        f"{'wall/torch same T':>17} {'cpu/torch[1]':>12} {'wall/naive':>10} {'peak extra mem':>15} {'faults/call':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -324,7 +406,8 @@ def main(argv=None):
         print(
             f"{str(tuple(r['shape'])):<18} {r['impl']:<9} {r['threads']:>7} {r['median_ms']:>8.2f} {r['min_ms']:>7.2f} "
             f"{cpu_ms:>7} "
-            f"{r['ratio_to_torch_same_threads']:>17.2f} {cpu_ratio:>12} {r['ratio_to_naive']:>10.2f} {mem:>15}"
+            f"{r['ratio_to_torch_same_threads']:>17.2f} {cpu_ratio:>12} {r['ratio_to_naive']:>10.2f} {mem:>15} "
+            f"{r['minor_faults_per_call']:>11.0f}"
         )
     print()
     summary = []
@@ -342,6 +425,12 @@ def main(argv=None):
         line["bnlib_peak_extra_memory_x"] = b["peak_extra_memory_x"]
         line["bnlib_out_over_torch_1"] = rows["bnlib-out"]["median_ms"] / rows["torch[1]"]["median_ms"]
         line["bnlib_out_over_torch_1_cpu"] = rows["bnlib-out"]["cpu_ratio_to_torch_1"]
+        for key, names_ in (
+            ("minor_faults_per_call", ("bnlib", "bnlib-out", "torch[1]")),
+            ("back_to_back_cpu_ms", ("bnlib", "bnlib-out")),
+            ("back_to_back_faults_per_call", ("bnlib", "bnlib-out")),
+        ):
+            line[key] = {name: rows[name][key] for name in names_}
         summary.append(line)
         verdict = "meets" if line["bnlib_over_torch_1"] <= 1.0 else "misses"
         print(
@@ -363,6 +452,17 @@ def main(argv=None):
             f"peak extra memory bnlib fwd+bwd {tuple(shape)}: {line['bnlib_peak_extra_memory_x']:.2f} x input "
             "(out, cache.xhat, dx and every temporary; x and dout not counted)"
         )
+        f = line["minor_faults_per_call"]
+        print(
+            f"page faults per call {tuple(shape)}: bnlib {f['bnlib']:.0f}, bnlib out= {f['bnlib-out']:.0f}, "
+            f"torch[1 thread] {f['torch[1]']:.0f} (first touches of fresh output pages, counted in both clocks)"
+        )
+        ms, f = line["back_to_back_cpu_ms"], line["back_to_back_faults_per_call"]
+        print(
+            f"bnlib back to back, {args.repeat} calls in a row {tuple(shape)}: allocating {ms['bnlib']:.2f} ms CPU "
+            f"({f['bnlib']:.0f} page faults/call), out= {ms['bnlib-out']:.2f} ms CPU ({f['bnlib-out']:.0f}); "
+            f"out=/allocating {ms['bnlib-out'] / ms['bnlib']:.2f} (a loop of bnlib alone: nothing else frees pages to recycle)"
+        )
     info["load_average_after"] = os.getloadavg()
     print(
         f"load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in info['load_average_before'])}; "
@@ -371,6 +471,7 @@ def main(argv=None):
     if args.json is not None:
         args.json.write_text(json.dumps({"info": info, "results": results, "summary": summary}, indent=2) + "\n")
         print(f"wrote {args.json}")
+    restore_blas_threads()
     return 0
 
 

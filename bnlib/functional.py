@@ -206,7 +206,13 @@ def batchnorm_forward(x, gamma, beta, *, axis: int = 1, eps: float = 1e-5, out=N
     out : ndarray, optional
         Where to write the output, as numpy ufuncs' ``out=``: shape and dtype
         of ``x``, C-contiguous, sharing no memory with ``x``; it is returned.
-        Reusing one buffer across calls avoids faulting in a fresh array.
+        A buffer reused across calls means the call allocates no input-sized
+        array, so it never faults in fresh pages, whatever the allocator does.
+        What that saves depends on the allocator's state: glibc may hand the
+        allocating call fresh pages every step (measured here in a loop of
+        these calls alone: about 1000 page faults, 4.5 ms of 24 ms forward +
+        backward on (4096, 1024) float32) or recycle pages that other arrays
+        freed, and then the allocating call faults none.
     xhat_out : ndarray, optional
         Buffer for the cache's ``xhat`` (same rules); pass the previous
         cache's ``xhat`` once that cache is no longer needed.
