@@ -27,7 +27,10 @@ Faults:
 - a worker that cannot build the jail (:func:`grading.jail.isolation` is not
   ``"full"``) is never given a hand-in: the grader asks every worker first,
   names those that refuse, and restricts the tasks to the others; a task
-  that reaches one anyway refuses to grade;
+  that reaches one anyway refuses to grade; so is a worker that runs other
+  course code than the grader (a digest of grading, bncheck and bnlib as the
+  worker imported them: a worker started before the course was updated
+  would judge with the old code);
 - the scheduler going away (or every worker able to grade) ends the run with
   one message; the journal lets a rerun grade only what is left.
 
@@ -40,6 +43,7 @@ the keys name the assignment and a digest of the student id.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -63,13 +67,34 @@ class ClusterError(RuntimeError):
     """The cluster cannot go on (no scheduler, no worker able to grade); the message says what to do."""
 
 
+CODE_PACKAGES = ("grading", "bncheck", "bnlib")  # what grades: the grader's code, the checks and judges, the reference
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the course code this process grades with (every .py file of CODE_PACKAGES), taken once,
+    as the code is imported: a worker started before the course was updated still runs the old code."""
+    import importlib
+
+    for name in ("bnlib", "bncheck.judges", "bncheck.registry", "grading.judge", "grading.execute"):
+        importlib.import_module(name)  # imported now, with the files hashed below
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """What a worker needs to grade one assignment: ``files`` = ((path in the course folder, bytes), ...)."""
+    """What a worker needs to grade one assignment: ``files`` = ((path in the course folder, bytes), ...),
+    and the digest of the grader's course code (``code``), which the worker's must equal."""
 
     assignment: str
     digest: str
     files: tuple = field(repr=False)
+    code: str = ""
 
     def __repr__(self) -> str:  # Dask writes a failed task's arguments to its log: never the secret
         return f"Bundle({self.assignment!r}, sha256={self.digest[:16]})"
@@ -85,7 +110,7 @@ def bundle(root: Path, assignment: str) -> Bundle:
     h = hashlib.sha256()
     for name, data in files:
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return Bundle(assignment, h.hexdigest(), files)
+    return Bundle(assignment, h.hexdigest(), files, code_digest())
 
 
 # ------------------------------------------------------------------ on a worker
@@ -117,12 +142,12 @@ def _own_run() -> None:
         _run = cleanup.start()
 
 
-def prepare_worker(dask_worker=None) -> str | None:
+def prepare_worker(code: str = "", dask_worker=None) -> str | None:
     """Run on every worker before the hand-ins (``Client.run``, in the worker's event loop): why it
     refuses to grade, or None; a worker that grades gets ready (its run folder, its numpy zygote
     starting) and stops Dask's statistical profiler, which samples the grading thread's stack every
     10 ms: with two workers on two cores it cost a fifth of the throughput here."""
-    why = refusal()
+    why = refusal(code)
     if why is None:
         if dask_worker is not None:
             for name in ("profile", "profile-cycle"):
@@ -136,19 +161,25 @@ def prepare_worker(dask_worker=None) -> str | None:
     return why
 
 
-def refusal() -> str | None:
-    """Why this worker refuses to grade (its jail is not complete), or None."""
+def refusal(code: str = "") -> str | None:
+    """Why this worker refuses to grade (its jail is not complete; it runs other course code than
+    the grader's ``code`` digest), or None."""
     from . import jail
 
     isolation = jail.isolation()
-    if isolation == "full":
-        return None
-    return f"worker {socket.gethostname()} (pid {os.getpid()}) refuses to grade: the jail cannot be built here ({isolation})"
+    if isolation != "full":
+        return (f"worker {socket.gethostname()} (pid {os.getpid()}) refuses to grade: the jail cannot be built here "
+                f"({isolation})")
+    if code and code != code_digest():
+        return (f"worker {socket.gethostname()} (pid {os.getpid()}) refuses to grade: it runs other course code than "
+                f"the grader (sha256 {code_digest()[:12]}, the grader's {code[:12]}): start it again with this "
+                "version of the course")
+    return None
 
 
 def grade_remote(b: Bundle, assignment: str, student: str, notebook: str, settings: dict) -> dict:
     """A worker's task: grade one hand-in; return ``{"record": ..., "files": {path: bytes}}``. Never raises."""
-    why = refusal()
+    why = refusal(b.code)
     if why:
         return {"record": G._failed(assignment, student, why), "files": {}, "refused": why}
     try:
@@ -200,7 +231,7 @@ def able_workers(client, on_refusal=None) -> list[str]:
     """The workers that can grade (a full jail), made ready (:func:`prepare_worker`); each one that
     refuses is passed to ``on_refusal(address, why)``."""
     able = []
-    for address, why in sorted(client.run(prepare_worker).items()):
+    for address, why in sorted(client.run(prepare_worker, code_digest()).items()):
         if why is None:
             able.append(address)
         elif on_refusal is not None:

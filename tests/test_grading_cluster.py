@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -148,11 +149,18 @@ def test_a_worker_killed_halfway_costs_nothing(hand_ins, local_run, postgres, da
         assert secret not in log.read_text(errors="replace"), f"the course secret is in {log.name}"
 
 
-def test_a_worker_that_cannot_build_the_jail_is_given_nothing(hand_ins, postgres, dask_cluster, tmp_path):
+def test_a_worker_without_a_jail_or_with_other_code_is_given_nothing(hand_ins, postgres, dask_cluster, tmp_path):
     cluster_ = dask_cluster(1)
     # root without capabilities (a container without CAP_SYS_ADMIN): no namespaces, so no jail
     cluster_.start_worker("no-caps", prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all"))
-    cluster_.wait_for_workers(2)
+    # a worker with another version of the course code (started before an update): one comment added to bnlib
+    other = tmp_path / "other-version"
+    for package in cluster.CODE_PACKAGES:
+        shutil.copytree(C.PROJECT / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (other / "bnlib" / "functional.py").open("a") as f:
+        f.write("# an older release\n")
+    cluster_.start_worker("old-code", prefix=("env", f"PYTHONPATH={other}"))
+    cluster_.wait_for_workers(3)
     course = tmp_path / "course"
     one = tmp_path / "one"
     one.mkdir()
@@ -162,6 +170,8 @@ def test_a_worker_that_cannot_build_the_jail_is_given_nothing(hand_ins, postgres
                           env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"refuses to grade: the jail cannot be built here \(partial: .*namespaces", done.stderr), done.stderr
+    assert re.search(r"refuses to grade: it runs other course code than the grader .*start it again", done.stderr), \
+        done.stderr
     pids = {e["pid"] for e in journal(course)}
     assert len(pids) == 1 and len(journal(course)) == len(STUDENTS)
     assert pids == {cluster_.workers[0].pid}, "only the worker with a complete jail graded"
