@@ -52,19 +52,28 @@ browser:
 	  echo "         the page tests will skip (under CI they fail)"; \
 	fi
 
-# The cluster tests (tests/test_grading_cluster.py) start a throwaway PostgreSQL
-# server with Debian's programs (initdb, pg_ctl). Install them when missing and we
-# can (root with apt-get); otherwise say so: those tests then skip, or fail when CI is set.
+# The cluster tests (tests/test_grading_cluster.py, tests/test_cluster_infra.py) start a
+# throwaway PostgreSQL server with Debian's server programs (initdb, pg_ctl, postgres), found in
+# `pg_config --bindir` or /usr/lib/postgresql/*/bin (never through PATH: /usr/local/bin links are
+# not on every machine). Install Debian's postgresql when they are missing and we can (root with
+# apt-get); otherwise say so: those tests then skip, and under CI this target fails.
+PG_BINDIR = $$( { pg_config --bindir 2>/dev/null; ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r; } \
+	| while read d; do [ -x "$$d/initdb" ] && [ -x "$$d/pg_ctl" ] && [ -x "$$d/postgres" ] && { echo "$$d"; break; }; done )
 postgres:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
-	  echo "postgres: $$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null || command -v initdb)"; \
+	@bindir=$(PG_BINDIR); \
+	if [ -n "$$bindir" ]; then \
+	  echo "postgres: $$bindir ($$("$$bindir/postgres" --version))"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "postgres: installing Debian's postgresql with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
 	    || { echo "postgres: apt-get install postgresql failed"; [ -z "$$CI" ] || exit 1; }; \
+	  bindir=$(PG_BINDIR); \
+	  if [ -n "$$bindir" ]; then echo "postgres: $$bindir"; \
+	  else echo "postgres: installed, but initdb, pg_ctl and postgres are still not found"; [ -z "$$CI" ] || exit 1; fi; \
 	else \
 	  echo "postgres: PostgreSQL is missing and cannot be installed here (needs root and apt-get);"; \
 	  echo "          the cluster tests will skip (under CI they fail)"; \
+	  [ -z "$$CI" ] || exit 1; \
 	fi
 
 # Lint with ruff (configured in pyproject.toml; CI runs this before the tests).
@@ -78,10 +87,11 @@ test: book browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while editing: bnlib and framework tests on two workers, without
-# the end-to-end grading (real nbgrader and kernels) and the browser page tests
-# (markers set in tests/conftest.py), and without the notebooks in solutions/.
+# the end-to-end grading (real nbgrader and kernels), the browser page tests and the
+# PostgreSQL/Dask cluster tests (markers set in tests/conftest.py), and without the
+# notebooks in solutions/.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -n 2 -m "not grading and not site" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -n 2 -m "not grading and not site and not cluster" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_batchnorm.py

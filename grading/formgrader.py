@@ -40,9 +40,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gradebook_file(course: Path) -> Path | None:
+    """The SQLite file of the course's gradebook, from its configuration; None when the gradebook is on a
+    database server (``python -m grading --db postgresql://...``): there is no file to look for then."""
+    from sqlalchemy.engine import make_url
+    from traitlets.config.loader import PyFileConfigLoader
+
+    url = make_url(PyFileConfigLoader(C.CONFIG_NAME, path=str(course)).load_config().CourseDirectory.db_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database)
+
+
 def check_course(course: Path) -> Path:
     course = Path(course).resolve()
     for need in (C.CONFIG_NAME, "gradebook.db"):
+        if need != C.CONFIG_NAME:
+            gradebook = gradebook_file(course)
+            if gradebook is None:
+                continue
+            need = gradebook.relative_to(course) if gradebook.is_relative_to(course) else gradebook
         if not (course / need).exists():
             raise FileNotFoundError(f"formgrader: expected a course folder written by the grading command "
                                     f"(with {need}); {course} has none; run `make grade SUBMISSIONS=...` first")

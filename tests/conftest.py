@@ -23,14 +23,18 @@ settings.register_profile(
 settings.load_profile("course")
 
 # Markers by file, so the slow end-to-end tests can be left out (`make test-fast`
-# runs -m "not grading and not site"): `grading` for the tests that run the real
-# nbgrader and kernels, `site` for the page tests in a browser.
+# runs -m "not grading and not site and not cluster"): `grading` for the tests that run
+# the real nbgrader and kernels, `site` for the page tests in a browser, `cluster` for
+# the tests that start a PostgreSQL server and a Dask cluster (tests/_cluster.py).
 GRADING_FILES = {"test_exercises.py", "test_adversarial.py", "test_jail.py", "test_learner_wheel.py"}
+CLUSTER_FILES = {"test_cluster_infra.py", "test_grading_cluster.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
+        if name in CLUSTER_FILES:
+            item.add_marker(pytest.mark.cluster)
         if name in GRADING_FILES or name.startswith("test_grading_"):
             item.add_marker(pytest.mark.grading)
         elif name == "test_site.py":
