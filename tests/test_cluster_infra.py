@@ -190,7 +190,7 @@ def test_the_course_gradebook_functions_give_the_same_on_postgres_as_on_sqlite(p
     scores, maxima = lms.final_scores(pg_url)
     assert scores[(ASSIGNMENT, "ada")] < maxima[ASSIGNMENT], "the late penalty is taken off"
     assert late.report_section(pg_url, graded) == late.report_section(sqlite_url, graded)
-    assert report.gather(on_pg, pg_url, graded)[:3] == report.gather(on_sqlite, sqlite_url, graded)[:3]
+    assert report.gather(on_pg, pg_url, graded) == report.gather(on_sqlite, sqlite_url, graded)
     for s in ("ada", "blake"):
         assert C.scores(C.api(on_pg), ASSIGNMENT, s) == C.scores(C.api(on_sqlite), ASSIGNMENT, s)
     C.export_grades(C.api(on_pg), tmp_path / "pg.csv")
