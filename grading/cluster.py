@@ -158,6 +158,7 @@ def prepare_worker(code: str = "", dask_worker=None) -> str | None:
         from .zygote import Zygote
 
         Zygote.get(())
+        G.first_use()
     return why
 
 
