@@ -155,18 +155,10 @@ def run_nbclient(src: Path, work) -> tuple[float, dict[str, set[str]]]:
 def run_cluster(course: Path, src: Path, workers: int, base: Path) -> float:
     """(d): the command on a throwaway local Dask cluster (``workers`` one-thread workers) and PostgreSQL gradebook."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from _cluster import DaskCluster, Postgres
+    from _cluster import running_dask, running_postgres
 
-    pg = Postgres(Path(tempfile.mkdtemp(prefix="bench-pg-", dir="/tmp")))
-    dask = DaskCluster(base / "dask", workers)
-    try:
-        pg.start()
-        dask.start()
+    with running_postgres() as pg, running_dask(base / "dask", workers) as dask:
         return run_command(course, src, workers, "--scheduler", dask.address, "--db", pg.url)
-    finally:
-        dask.stop()
-        pg.stop()
-        shutil.rmtree(pg.folder, ignore_errors=True)
 
 
 def main(argv=None) -> int:

@@ -106,10 +106,9 @@ def main(argv=None) -> int:
         root = C.make_course(args.course, db_url=args.db)
         log = root / logs.LOG_NAME
         logs.to_file(log)
-        if args.jobs > 1 and not args.scheduler:  # one numpy kernel zygote for all the workers, started now
-            Zygote.share(run.folder)
-        # the workers start now and warm up (imports, the numpy zygote) while this process collects the hand-ins
-        pool = G.start_pool(args.jobs, functools.partial(G.warm, log)) if args.jobs > 1 and not args.scheduler else None
+        if args.jobs > 1 and not args.scheduler:  # one numpy kernel zygote for all the workers, started now;
+            Zygote.share(run.folder)  # the workers start now and warm up while this process collects the hand-ins
+            pool = G.start_pool(args.jobs, functools.partial(G.warm, log))
         return _grade(args, root, log, pool, run.folder)
     finally:
         if pool is not None:

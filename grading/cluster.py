@@ -114,7 +114,7 @@ def bundle(root: Path, assignment: str) -> Bundle:
 
 
 # ------------------------------------------------------------------ on a worker
-_run = None  # this worker process's run folder (grading.cleanup), made on its first hand-in
+_run = None  # this worker process's run folder (grading.cleanup), made by prepare_worker or its first hand-in
 
 
 def _course(b: Bundle) -> Path:
@@ -144,8 +144,8 @@ def _own_run() -> None:
 
 def prepare_worker(code: str = "", dask_worker=None) -> str | None:
     """Run on every worker before the hand-ins (``Client.run``, in the worker's event loop): why it
-    refuses to grade, or None; a worker that grades gets ready (its run folder, its numpy zygote
-    starting) and stops Dask's statistical profiler, which samples the grading thread's stack every
+    refuses to grade, or None; a worker that grades gets ready (its run folder, then
+    :func:`grading.runner.warm`) and stops Dask's statistical profiler, which samples the grading thread's stack every
     10 ms: with two workers on two cores it cost a fifth of the throughput here."""
     why = refusal(code)
     if why is None:
@@ -155,10 +155,7 @@ def prepare_worker(code: str = "", dask_worker=None) -> str | None:
                 if callback is not None:
                     callback.stop()
         _own_run()
-        from .zygote import Zygote
-
-        Zygote.get(())
-        G.first_use()
+        G.warm()  # as a local pool worker starts: the numpy zygote, a first hand-in's imports and probe
     return why
 
 

@@ -54,15 +54,14 @@ def gradebook_file(course: Path) -> Path | None:
 
 def check_course(course: Path) -> Path:
     course = Path(course).resolve()
-    for need in (C.CONFIG_NAME, "gradebook.db"):
-        if need != C.CONFIG_NAME:
-            gradebook = gradebook_file(course)
-            if gradebook is None:
-                continue
-            need = gradebook.relative_to(course) if gradebook.is_relative_to(course) else gradebook
-        if not (course / need).exists():
+    needs = [course / C.CONFIG_NAME]
+    if needs[0].exists():
+        needs.append(gradebook_file(course))  # None: a gradebook on a database server, no file to look for
+    for need in filter(None, needs):
+        if not need.exists():
+            shown = need.relative_to(course) if need.is_relative_to(course) else need
             raise FileNotFoundError(f"formgrader: expected a course folder written by the grading command "
-                                    f"(with {need}); {course} has none; run `make grade SUBMISSIONS=...` first")
+                                    f"(with {shown}); {course} has none; run `make grade SUBMISSIONS=...` first")
     return course
 
 

@@ -169,17 +169,11 @@ def warm(log: Path | None = None) -> None:
     from .zygote import Zygote
 
     Zygote.get(())
-    first_use()
-
-
-def first_use() -> None:
-    """What a worker's first hand-in would otherwise do itself, done while it waits for one: the imports
-    (0.7 s) and the jail's probe (a subprocess, 0.37 s, once per process)."""
     from . import jail
 
-    for name in FIRST_USE:
+    for name in FIRST_USE:  # what a worker's first hand-in would import (0.7 s), imported while it waits for one
         importlib.import_module(name)
-    jail.isolation()
+    jail.isolation()  # the jail's probe (a subprocess, 0.37 s, once per process): now, not in the first hand-in
 
 
 # The modules a worker imports on its first hand-in, after those the grader imports before it forks
