@@ -14,7 +14,9 @@ pipeline. It runs the learner's cells as nbgrader would, in a jailed kernel
    and what the learner's code prints during a check is thrown away (a
    check's outputs never reach the notebook).
 2. **The judge writes the test cell's outputs.** Each check's arrays come
-   back as text, are judged in this process (:func:`grading.judge.verdict`)
+   back as text, are judged in this process (:func:`grading.judge.verdict`;
+   the Keras and PyTorch checks in a judge process of the assignment's zygote,
+   which has those frameworks imported: :mod:`grading.remote_judge`)
    and the cell gets the verdicts: a passed test prints one line, a failed
    one an error whose message is the judge's. nbgrader then scores the cell
    from these outputs as it scores any test cell, and the verdicts are
@@ -39,7 +41,7 @@ from nbformat.v4 import new_code_cell
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Enum, Float, Integer, Unicode
 
-from . import jail
+from . import jail, remote_judge
 from . import judge as J
 from . import plan as P
 
@@ -75,6 +77,7 @@ class GradedExecute(Execute):
         used = jail.frameworks_of(source)  # the kernel cannot import any other framework at all
         self._frameworks = used
         self._preload = used if jail.preloading() else ()
+        self._judge = remote_judge.for_frameworks(self._preload)  # in the zygote's judge process, which has them
         self._verdicts: dict[str, list[P.Verdict]] = {gid: [] for gid in self._plan}
         self._where: dict[str, int] = {}
         self._bound: dict[str, str | None] = {}  # test cell: None if its objects are bound, else why not
@@ -246,7 +249,7 @@ class GradedExecute(Execute):
         replies = J.split_replies(text, len(checks)) if problem is None else None
         if replies is None:
             return [J.verdict(c, None, problem or "no-result") for c in checks]
-        return [J.verdict(c, reply) for c, reply in zip(checks, replies)]
+        return [J.verdict(c, reply, judge=self._judge) for c, reply in zip(checks, replies)]
 
     async def _bind(self, cell: P.CellPlan, cell_index: int) -> None:
         _, problem = await self._call(P.bind_source(cell), cell_index)

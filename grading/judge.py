@@ -112,8 +112,9 @@ def split_replies(text: str, n: int) -> list[str] | None:
     return replies
 
 
-def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | None, str]:
-    """``(mistake, message)``; mistake None when the check passed."""
+def _judged(check: Check, text: str | None, problem: str | None, judge=judges) -> tuple[str | None, str]:
+    """``(mistake, message)``; mistake None when the check passed. ``judge`` has :mod:`bncheck.judges`'s
+    ``judge`` and ``judge_partial`` (a :class:`grading.remote_judge.RemoteJudge`, say)."""
     if problem is not None:
         if problem.startswith("error:"):
             ename = problem.split(":", 1)[1] or "an error"
@@ -128,24 +129,25 @@ def _judged(check: Check, text: str | None, problem: str | None) -> tuple[str | 
         return "malformed-result", f"the check's record could not be read ({e})"
     if failure is not None:
         try:  # what the check recorded before it failed (a backward check's forward output) may name the cause
-            judges.judge_partial(check.kind, json.loads(check.params), results)
+            judge.judge_partial(check.kind, json.loads(check.params), results)
         except CheckFailed as e:
             return e.mistake or "wrong-values", e.message
         except Exception:  # noqa: BLE001 - a partial record the judge cannot use: the failure stands
             pass
         return failure
     try:
-        judges.judge(check.kind, json.loads(check.params), results)
+        judge.judge(check.kind, json.loads(check.params), results)
     except CheckFailed as e:
         return e.mistake or "wrong-values", e.message
     except Exception as e:  # noqa: BLE001 - results the judge cannot use are wrong results
-        return "malformed-result", f"the recorded result could not be judged ({type(e).__name__})"
+        return "malformed-result", f"the recorded result could not be judged ({getattr(e, 'name', type(e).__name__)})"
     return None, ""
 
 
-def verdict(check: Check, text: str | None, problem: str | None = None) -> Verdict:
-    """The judge's word on ``check``, from the probe's reply ``text`` or the ``problem`` that stopped it."""
-    mistake, message = _judged(check, text, problem)
+def verdict(check: Check, text: str | None, problem: str | None = None, judge=judges) -> Verdict:
+    """The judge's word on ``check``, from the probe's reply ``text`` or the ``problem`` that stopped it
+    (``judge``: see :func:`_judged`)."""
+    mistake, message = _judged(check, text, problem, judge)
     if mistake is not None and check.hidden:
         message = HIDDEN_TEXT
     return Verdict(check.cell, check.index, check.kind, check.hidden, mistake is None, mistake, message[:MAX_MESSAGE])

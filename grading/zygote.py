@@ -17,6 +17,9 @@ The protocol, one JSON object a line on a socket pair:
   ``subprocess`` writes it (negative: killed by that signal); the zygote
   reaps its children itself (``SIGCHLD``), as a forkserver must, so that no
   status is lost;
+- ``{"judge": {}}``: fork a judge process (:mod:`grading.remote_judge`); the
+  reply ``{"judge": N}`` carries its end of a new socket pair (``SCM_RIGHTS``);
+  the judge ends when that socket closes;
 - end of file on the socket pair of the process that started it: the zygote exits.
 
 A grading run with several worker processes shares its zygotes
@@ -115,6 +118,22 @@ def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> Non
                     pid = int(message["status"])
                     reap()
                     sock.sendall(json.dumps({"pid": pid, "status": statuses.pop(pid, None)}).encode() + b"\n")
+                    continue
+                if "judge" in message:
+                    mine, theirs = socket.socketpair()  # made now: no kernel forked before holds it
+                    pid = os.fork()
+                    if pid == 0:
+                        for other in (*buffers, listener, mine):
+                            if other is not None:
+                                other.close()
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        from .remote_judge import serve as judge
+
+                        judge(theirs)
+                        os._exit(0)
+                    theirs.close()
+                    socket.send_fds(sock, [json.dumps({"judge": pid}).encode() + b"\n"], [mine.fileno()])
+                    mine.close()  # kernels forked later never hold it
                     continue
                 message["spawn"]["zygote"] = os.getpid()  # a child whose zygote dies before it watches for that ends
                 pid = os.fork()
@@ -321,6 +340,14 @@ class Zygote:
         reply, fds = self._ask({"spawn": request})
         return ForkedKernel(self, reply["pid"], fds[0] if fds else None, request["namespaced"])
 
+    def judge_channel(self) -> tuple[socket.socket, int]:
+        """A socket to a judge process the zygote forks now (:mod:`grading.remote_judge`), and its pid;
+        raises OSError if it cannot."""
+        reply, fds = self._ask({"judge": {}})
+        if not fds:
+            raise OSError("the kernel zygote sent no judge socket")
+        return socket.socket(fileno=fds[0]), int(reply["judge"])
+
     def status(self, pid: int, wait: float = 2.0) -> int | None:
         """The exit status of the zygote's child ``pid``, which has ended (None if the zygote cannot say)."""
         end = time.monotonic() + wait
@@ -365,3 +392,6 @@ if __name__ == "__main__":
     if argv[:1] == ["--listen"]:
         listening, argv = int(argv[1]), argv[2:]
     serve(int(argv[0]), argv[1:], listening)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # without the interpreter's teardown of TensorFlow and PyTorch (1.8 s, at the end of every run)
