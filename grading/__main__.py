@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         return formgrader.main(argv[1:])
     args = parse(argv)
     run = cleanup.start()  # every temporary folder of the run in one, removed even if the run is killed
-    pool = None
+    pool = started = None
     try:
         root = C.make_course(args.course, db_url=args.db)
         log = root / logs.LOG_NAME
@@ -109,15 +109,22 @@ def main(argv=None) -> int:
         if args.jobs > 1 and not args.scheduler:  # one numpy kernel zygote for all the workers, started now;
             Zygote.share(run.folder)  # the workers start now and warm up while this process collects the hand-ins
             pool = G.start_pool(args.jobs, functools.partial(G.warm, log))
-        return _grade(args, root, log, pool, run.folder)
+        if args.scheduler:  # the same on a cluster: its workers get ready while this process collects
+            from . import cluster
+
+            started = cluster.start(args.scheduler,
+                                    on_refusal=lambda address, why: tqdm.write(f"{address}: {why}", file=sys.stderr))
+        return _grade(args, root, log, pool, run.folder, started)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if started is not None:
+            cluster.discard(started)
         Zygote.unshare()
         run.finish()
 
 
-def _grade(args, root, log, pool, run_folder) -> int:
+def _grade(args, root, log, pool, run_folder, started=None) -> int:
     api = C.api(root)
     names = C.assignments(root)
     cell_meta = {a: C.source_cell_metadata(root, a) for a in names}
@@ -193,7 +200,7 @@ def _grade(args, root, log, pool, run_folder) -> int:
 
             try:
                 records |= cluster.grade_all(args.scheduler, root, work, settings, on_done=done, prepare=generate,
-                                             on_refusal=lambda address, why: tqdm.write(f"{address}: {why}", file=sys.stderr))
+                                             started=started)
             except cluster.ClusterError as e:
                 bar.close()
                 print(f"error: {e}", file=sys.stderr)

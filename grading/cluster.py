@@ -49,8 +49,10 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,9 +156,25 @@ def prepare_worker(code: str = "", dask_worker=None) -> str | None:
                 callback = dask_worker.periodic_callbacks.get(name)
                 if callback is not None:
                     callback.stop()
+        from .zygote import Zygote
+
+        Zygote.host_dir = Zygote.host_dir or host_folder()  # before _own_run points TMPDIR at this worker's run
         _own_run()
         G.warm()  # as a local pool worker starts: the numpy zygote, a first hand-in's imports and probe
     return why
+
+
+def host_folder() -> str:
+    """Where the grading workers of this host share their kernel zygotes (:attr:`grading.zygote.Zygote.host_dir`):
+    one folder per user, course code and Python, so that only workers that would start the very same zygote share
+    it. A Keras-and-PyTorch zygote costs 4.6 s of CPU and 1 GB to start; a host's workers start it once, not once
+    each. It is a worker's own, not a run's: it serves the workers that use it until the last one is gone."""
+    from .jail import PASSED_ON
+
+    setting = "\0".join(f"{k}={os.environ.get(k, '')}" for k in PASSED_ON)
+    key = hashlib.sha256(f"{code_digest()}\0{sys.executable}\0{setting}".encode()).hexdigest()[:16]
+    base = tempfile.gettempdir()
+    return os.path.join(base if len(base) <= 40 else "/tmp", f"bn-zygotes-{os.getuid()}-{key}")
 
 
 def refusal(code: str = "") -> str | None:
@@ -237,30 +255,77 @@ def able_workers(client, on_refusal=None) -> list[str]:
     return able
 
 
+def ready(scheduler: str, on_refusal=None, wait_s: float = NO_WORKER_S, stop: threading.Event | None = None):
+    """``(client, able)``: a client of ``scheduler`` and the addresses of its workers able to grade, each made
+    ready (:func:`able_workers`); waits up to ``wait_s`` for one, or until ``stop`` is set. Raises ClusterError."""
+    stop = stop or threading.Event()
+    client = connect(scheduler)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not (able := able_workers(client, on_refusal)):
+            if time.monotonic() > deadline or stop.is_set():
+                raise ClusterError(f"--scheduler {scheduler}: no worker able to grade (a running worker whose jail "
+                                   f"is complete) joined within {wait_s:g} s")
+            on_refusal = None  # named once
+            stop.wait(1.0)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.close(timeout=5)
+        raise
+    return client, able
+
+
+def start(scheduler: str, on_refusal=None, wait_s: float = NO_WORKER_S) -> Future:
+    """:func:`ready` in a thread of its own, started now: the workers get ready (their zygote, imports and
+    jail probe, 1-1.5 s) while the grader collects the hand-ins, as a local pool's workers do. Pass the
+    future to :func:`grade_all`, or to :func:`discard` if the run ends before it grades."""
+    future, stop = Future(), threading.Event()
+    future.stop = stop
+
+    def run():  # a daemon thread: a run that ends early (a collect error) does not wait for the connection
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(ready(scheduler, on_refusal, wait_s, stop))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the future
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="cluster-ready", daemon=True).start()
+    return future
+
+
+def discard(started: Future | None) -> None:
+    """End what :func:`start` began (a run that ended before it graded there): its wait for a worker, its client."""
+    if started is None:
+        return
+    started.stop.set()
+
+    def close(future):
+        if future.exception() is None:
+            with contextlib.suppress(Exception):
+                future.result()[0].close(timeout=5)
+
+    started.add_done_callback(close)
+
+
 def grade_all(scheduler: str, root: Path, work: list[tuple[str, str, str]], settings: dict, on_done=None,
-              on_refusal=None, wait_s: float = NO_WORKER_S, prepare=None) -> dict:
+              on_refusal=None, wait_s: float = NO_WORKER_S, prepare=None, started: Future | None = None) -> dict:
     """Grade ``work`` = [(assignment, student, notebook JSON)] on the cluster at ``scheduler``.
 
     As :func:`grading.runner.grade_all`: ``on_done(record)`` in completion order, returns
     ``{(assignment, student): record}``; ``prepare(assignment)`` runs here before the first
-    hand-in of an assignment is submitted. Raises ClusterError when the run cannot go on; the
-    records done by then have been passed to ``on_done`` (the journal keeps them).
+    hand-in of an assignment is submitted. ``started`` is :func:`start`'s future, if the
+    connection was started before (its client is closed here). Raises ClusterError when the run
+    cannot go on; the records done by then have been passed to ``on_done`` (the journal keeps them).
     """
     from distributed import wait
 
     root = Path(root)
     results = {}
     if not work:
+        discard(started)
         return results
-    client = connect(scheduler)
+    client, able = (started or start(scheduler, on_refusal, wait_s)).result()
     try:
-        deadline = time.monotonic() + wait_s
-        while not (able := able_workers(client, on_refusal)):
-            if time.monotonic() > deadline:
-                raise ClusterError(f"--scheduler {scheduler}: no worker able to grade (a running worker whose jail "
-                                   f"is complete) joined within {wait_s:g} s")
-            on_refusal = None  # named once
-            time.sleep(1.0)
         bundles = {}
         pending = {}
         for a, s, text in work:

@@ -56,9 +56,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------ the zygote itself --
-def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> None:
+def serve(fd: int, frameworks: list[str], listener_fd: int | None = None, linger: bool = False) -> None:
     """Import :data:`PRELOAD` and ``frameworks``, then answer requests on socket ``fd`` until EOF, and on
-    each connection to the listening socket ``listener_fd`` (if given) until it closes."""
+    each connection to the listening socket ``listener_fd`` (if given) until it closes. With ``linger`` (a
+    zygote of the host, :meth:`Zygote.get`), the end of ``fd`` ends only its kernels: the zygote serves
+    its other connections until the last one closes."""
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # pydevd's import would warn about frozen modules
     for name in (*PRELOAD, *frameworks):
         __import__(name)
@@ -104,11 +106,15 @@ def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> Non
                 continue
             data = sock.recv(1 << 16)
             if not data:
-                if sock is chan:
+                if sock is chan and not linger:
                     return  # the process that started the zygote is gone
                 del buffers[sock]
                 end_kernels_of(sock)
                 sock.close()
+                if linger and not buffers:  # the last grading process that used this host's zygote is gone
+                    with contextlib.suppress(OSError):
+                        os.unlink(listener.getsockname())  # no one attaches to it any more
+                    return
                 continue
             buf = buffers[sock] + data
             while b"\n" in buf:
@@ -143,10 +149,9 @@ def serve(fd: int, frameworks: list[str], listener_fd: int | None = None) -> Non
                             other.close()
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     contain(message["spawn"])  # never returns
-                if sock is not chan:
-                    forked.setdefault(sock, {})[pid] = bool(message["spawn"].get("namespaced"))
-                    if pid in statuses:  # it ended, and was reaped, before it was recorded
-                        forked[sock].pop(pid)
+                forked.setdefault(sock, {})[pid] = bool(message["spawn"].get("namespaced"))
+                if pid in statuses:  # it ended, and was reaped, before it was recorded
+                    forked[sock].pop(pid)
                 fds = []
                 with contextlib.suppress(AttributeError, OSError):
                     fds = [os.pidfd_open(pid)]
@@ -218,10 +223,12 @@ class Zygote:
 
     _instances: dict[tuple[str, ...], Zygote] = {}
     shared_dir: str | None = None  # where the run's shared zygotes listen (set by share(), inherited by a fork)
+    host_dir: str | None = None  # where this host's zygotes listen, for its grading processes (cluster workers)
 
-    def __init__(self, frameworks: tuple[str, ...] = (), listen: str | None = None):
-        """Start a zygote for ``frameworks``; with ``listen`` (a path), it also serves connections there."""
-        self.owner = os.getpid()
+    def __init__(self, frameworks: tuple[str, ...] = (), listen: str | None = None, linger: bool = False):
+        """Start a zygote for ``frameworks``; with ``listen`` (a path), it also serves connections there; with
+        ``linger`` (a zygote of :attr:`host_dir`), it serves them after this process is gone, until the last closes."""
+        self.owner, self.linger = os.getpid(), linger
         from .jail import PASSED_ON
 
         mine, theirs = socket.socketpair()
@@ -236,14 +243,19 @@ class Zygote:
             fds.append(listener.fileno())
             args = ["--listen", str(listener.fileno()), *args]
         env = {k: os.environ[k] for k in ("PATH", "LANG", *PASSED_ON) if k in os.environ}
-        self.home = tempfile.mkdtemp(prefix="bn-zygote-")  # Keras writes its settings under HOME when imported
+        # Keras writes its settings under HOME when imported; a host's zygote owns its home (it removes it at its end)
+        self.home = tempfile.mkdtemp(prefix="bn-zygote-", dir=os.path.dirname(listen) if linger else None)
         from . import logs
 
         with open(logs.current(), "ab") if logs.current() else contextlib.nullcontext() as log:  # the frameworks' start-up lines
-            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", *args, *frameworks],
+            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", *args[:-1],
+                                          *(["--linger"] if linger else []), args[-1], *frameworks],
                                          pass_fds=tuple(fds), cwd=self.home,
                                          env=env | {"HOME": self.home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         # a host's zygote serves other processes too: a kill of this one's
+                                         # process group or session (its job ending) must not reach it
+                                         start_new_session=linger)
         theirs.close()
         if listener is not None:
             listener.close()
@@ -257,7 +269,7 @@ class Zygote:
         self = cls.__new__(cls)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(path)
-        self.owner, self.chan, self.path, self.proc, self.home = os.getpid(), sock, path, None, None
+        self.owner, self.chan, self.path, self.proc, self.home, self.linger = os.getpid(), sock, path, None, None, False
         self.lock, self.buf, self.fds = threading.Lock(), b"", []
         return self
 
@@ -309,7 +321,8 @@ class Zygote:
     @classmethod
     def get(cls, frameworks: tuple[str, ...] = ()) -> Zygote:
         """This process's zygote for ``frameworks``: a connection to the run's shared one where the process
-        that forked this one shares it (:meth:`share`), otherwise one of its own, started on first use."""
+        that forked this one shares it (:meth:`share`), or to the host's (:attr:`host_dir`), started by
+        whichever process needs it first; otherwise one of its own, started on first use."""
         zygote = cls._instances.get(frameworks)
         # a forked process (a pool worker) inherits its parent's zygotes: they are the parent's, not its own
         if zygote is None or not zygote._alive():
@@ -318,8 +331,39 @@ class Zygote:
             if shared and os.path.exists(shared) and not (zygote and zygote.owner == os.getpid() and zygote.path == shared):
                 with contextlib.suppress(OSError):
                     attached = cls._attach(shared)
+            if attached is None and cls.host_dir:
+                attached = cls._of_host(frameworks)
             zygote = cls._keep(frameworks, attached or cls(frameworks))
         return zygote
+
+    @classmethod
+    def _of_host(cls, frameworks: tuple[str, ...]) -> Zygote | None:
+        """A connection to the host's zygote for ``frameworks``, started now (and lingering) if none answers;
+        None where the host folder cannot be used (the process then starts its own)."""
+        import fcntl
+        import stat
+
+        path = os.path.join(cls.host_dir, f"zygote-{cls._name(frameworks)}.sock")
+        try:
+            os.makedirs(cls.host_dir, mode=0o700, exist_ok=True)  # again: the last zygote of the host removes it
+            lock = os.open(cls.host_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(lock)
+            if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
+                return None  # made by someone else, or open to others: no place for this process's kernels
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process starts it; the others wait, then attach
+            with contextlib.suppress(OSError):
+                return cls._attach(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a zygote that has ended
+            try:
+                return cls(frameworks, listen=path, linger=True)
+            except OSError:
+                return None
+        finally:
+            os.close(lock)
 
     def _ask(self, message: dict) -> tuple[dict, list[int]]:
         with self.lock:
@@ -376,7 +420,7 @@ class Zygote:
         import shutil
 
         self.chan.close()
-        if self.proc is None:  # a connection to a shared zygote: its owner ends it
+        if self.proc is None or self.linger:  # a connection to a shared zygote: its owner ends it; a host's ends itself
             return
         try:
             self.proc.wait(timeout=10)
@@ -388,10 +432,19 @@ class Zygote:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    listening = None
+    listening, linger = None, False
     if argv[:1] == ["--listen"]:
         listening, argv = int(argv[1]), argv[2:]
-    serve(int(argv[0]), argv[1:], listening)
+    if argv[:1] == ["--linger"]:
+        linger, argv = True, argv[1:]
+    serve(int(argv[0]), argv[1:], listening, linger)
+    if linger:  # a host's zygote: its home goes with it (and the host folder, once empty)
+        import shutil
+
+        home = os.getcwd()
+        shutil.rmtree(home, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(home))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # without the interpreter's teardown of TensorFlow and PyTorch (1.8 s, at the end of every run)

@@ -233,6 +233,19 @@ def test_no_scheduler_or_no_database_there_is_one_clear_error(tmp_path, hand_ins
     assert "expected a database this process can open and write" in done.stderr and "no-such-database" in done.stderr
 
 
+def test_the_connection_started_early_never_holds_a_run_back():
+    """The workers get ready while the grader collects (cluster.start, a thread); a run that ends before it
+    grades (a collect error) does not wait for that thread, and its error comes when the grader asks for it."""
+    import threading
+
+    started = cluster.start("tcp://127.0.0.1:9", wait_s=0)
+    thread = next(t for t in threading.enumerate() if t.name == "cluster-ready")
+    assert thread.daemon, "the interpreter would wait for the connection at exit"
+    cluster.discard(started)  # returns at once; the client, if any, is closed when it comes
+    with pytest.raises(cluster.ClusterError, match="expected a running Dask scheduler there"):
+        started.result(timeout=60)
+
+
 def test_a_bundle_never_shows_the_course_secret(tmp_path):
     course = C.make_course(tmp_path / "course")
     b = cluster.bundle(course, "ch01-scaling")
