@@ -164,6 +164,28 @@ def prepare_worker(code: str = "", dask_worker=None) -> str | None:
     return why
 
 
+def start_zygotes(needed: list[tuple[str, ...]]) -> None:
+    """Run on every worker as a run starts: the kernel zygotes of the frameworks the class needs, started now
+    (the host's, shared by its workers) rather than when a worker reaches its first Keras or PyTorch hand-in
+    and waits 4-5 s for the import, the other workers of the host with it."""
+    from .zygote import Zygote
+
+    if refusal() is None:
+        for frameworks in needed:
+            Zygote.get(tuple(frameworks))
+
+
+def dask_setup(worker) -> None:
+    """``dask worker ... --preload grading.cluster``: the worker gets ready as it starts (:func:`prepare_worker`:
+    its imports, the numpy zygote, the jail's probe; 1-2 s of CPU), not in the first run it grades; the run
+    asks again (at once: all of it is kept) and skips a worker that refuses."""
+    why = prepare_worker(dask_worker=worker)
+    if why:
+        import logging
+
+        logging.getLogger(__name__).warning(why)
+
+
 def host_folder() -> str:
     """Where the grading workers of this host share their kernel zygotes (:attr:`grading.zygote.Zygote.host_dir`):
     one folder per user, course code and Python, so that only workers that would start the very same zygote share
@@ -326,6 +348,11 @@ def grade_all(scheduler: str, root: Path, work: list[tuple[str, str, str]], sett
         return results
     client, able = (started or start(scheduler, on_refusal, wait_s)).result()
     try:
+        from . import jail
+
+        needed = sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a, _, _ in work} - {()})
+        if needed:  # as a local run does: they import while the workers grade the numpy hand-ins
+            client.run(start_zygotes, needed, workers=able)  # returns once each has started them, not imported
         bundles = {}
         pending = {}
         for a, s, text in work:

@@ -273,7 +273,8 @@ class DaskCluster:
         """One worker process (one thread); ``prefix`` runs it under another program (setpriv, say)."""
         proc = self._start(["worker", self.address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
                             "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1", "--name", name,
-                            "--local-directory", str(self.folder / name)], name, prefix)
+                            "--local-directory", str(self.folder / name),
+                            "--preload", "grading.cluster"], name, prefix)  # ready as it starts (README)
         self.workers.append(proc)
         return proc
 

@@ -246,6 +246,22 @@ def test_the_connection_started_early_never_holds_a_run_back():
         started.result(timeout=60)
 
 
+def test_a_run_starts_the_framework_zygotes_on_workers_that_grade(monkeypatch):
+    """cluster.start_zygotes (run on every worker as a run starts): the zygotes the class needs, on a worker
+    that may grade, and none on one that refuses."""
+    from grading.zygote import Zygote
+
+    started = []
+    monkeypatch.setattr(Zygote, "get", classmethod(lambda cls, frameworks=(): started.append(frameworks)))
+    monkeypatch.setattr(cluster, "refusal", lambda code="": None)
+    cluster.start_zygotes([["keras", "tensorflow"], ["keras", "tensorflow", "torch"]])
+    assert started == [("keras", "tensorflow"), ("keras", "tensorflow", "torch")]
+    started.clear()
+    monkeypatch.setattr(cluster, "refusal", lambda code="": "no jail here")
+    cluster.start_zygotes([["keras", "tensorflow"]])
+    assert started == []
+
+
 def test_a_bundle_never_shows_the_course_secret(tmp_path):
     course = C.make_course(tmp_path / "course")
     b = cluster.bundle(course, "ch01-scaling")
