@@ -233,7 +233,7 @@ class Zygote:
 
         mine, theirs = socket.socketpair()
         self.chan, self.path = mine, listen
-        fds, args = [theirs.fileno()], [str(theirs.fileno())]
+        fds, flags = [theirs.fileno()], ["--linger"] if linger else []
         listener = None
         if listen:  # bound here, so the path exists before this returns; the zygote accepts on it
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -241,15 +241,15 @@ class Zygote:
             os.chmod(listen, 0o600)
             listener.listen(64)
             fds.append(listener.fileno())
-            args = ["--listen", str(listener.fileno()), *args]
+            flags = ["--listen", str(listener.fileno()), *flags]
         env = {k: os.environ[k] for k in ("PATH", "LANG", *PASSED_ON) if k in os.environ}
         # Keras writes its settings under HOME when imported; a host's zygote owns its home (it removes it at its end)
         self.home = tempfile.mkdtemp(prefix="bn-zygote-", dir=os.path.dirname(listen) if linger else None)
         from . import logs
 
         with open(logs.current(), "ab") if logs.current() else contextlib.nullcontext() as log:  # the frameworks' start-up lines
-            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", *args[:-1],
-                                          *(["--linger"] if linger else []), args[-1], *frameworks],
+            self.proc = subprocess.Popen([sys.executable, "-s", "-m", "grading.zygote", *flags, str(theirs.fileno()),
+                                          *frameworks],
                                          pass_fds=tuple(fds), cwd=self.home,
                                          env=env | {"HOME": self.home, "PYTHONPATH": str(PROJECT)},  # this checkout's grading
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -142,9 +142,13 @@ def _open_judge_and_die(pid_file: str) -> None:
 
 
 def test_the_zygote_keeps_no_end_of_a_judges_socket_and_a_judge_ends_with_its_grader(zygote, tmp_path):
+    zygote.status(os.getpid(), wait=0)  # answered once the zygote has imported everything (imports open files)
     fds = Path(f"/proc/{zygote.proc.pid}/fd")
     before = len(list(fds.iterdir()))
     sock, pid = zygote.judge_channel()
+    deadline = time.monotonic() + 5  # the zygote closes its end right after sending it: the reply may come first
+    while len(list(fds.iterdir())) != before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(list(fds.iterdir())) == before, "the zygote kept an end of the judge's socket: a kernel forked next would hold it"
     sock.close()
     assert _gone(pid), "a judge process outlived its socket"
