@@ -97,9 +97,15 @@ def sort_csv(path: Path) -> None:
 
 
 def preload() -> None:
-    """Import what :func:`write` needs (matplotlib: 0.4 s), in a thread while the workers grade."""
+    """Do ahead what :func:`write` needs, in a thread while the workers grade: matplotlib's import (0.4 s), and
+    the jail's probe (:func:`grading.jail.isolation`, a subprocess: 0.3 s), which the report names and which only
+    the workers had run in this run."""
     from matplotlib.backends import backend_agg  # noqa: F401 - imported for write(), ahead of it
     from matplotlib.figure import Figure  # noqa: F401 - the same
+
+    from .jail import isolation
+
+    isolation()
 
 
 def plot_scores(rows, path: Path) -> None:
