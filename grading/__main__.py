@@ -144,9 +144,8 @@ def _grade(args, root, log, pool, run_folder, started=None) -> int:
         return 2
     handed_in = sorted({s.assignment for s in subs})
     if pool is not None:  # the framework zygotes the class needs, one for all workers, importing while we go on
-        for frameworks in sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a in handed_in}):
-            if frameworks:
-                Zygote.share(run_folder, frameworks)
+        for frameworks in jail.zygotes_needed(root, handed_in):
+            Zygote.share(run_folder, frameworks)
     try:
         C.create_gradebook(api.coursedir.db_url)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: a server not there, a database not made

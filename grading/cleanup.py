@@ -50,12 +50,15 @@ class Run:
         self.watchdog.wait()
 
 
+def socket_base() -> str:
+    """The temporary folder, or /tmp where its path is too long for the Unix sockets made below it (107 bytes at most)."""
+    base = tempfile.gettempdir()
+    return base if len(base) <= MAX_BASE else "/tmp"
+
+
 def start() -> Run:
     """Create this run's folder, make it the temporary folder of this process and its children, start the watchdog."""
-    base = tempfile.gettempdir()
-    if len(base) > MAX_BASE:  # the kernels' sockets live below it, and a Unix socket's path has 107 bytes at most
-        base = "/tmp"
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=socket_base()))
     # what /dev/shm held before the run, listed here: the watchdog starts after this process goes on
     (folder / SHM_BEFORE).write_text("\n".join(sorted(os.listdir(SHM))) if SHM.is_dir() else "")
     previous = os.environ.get("TMPDIR")

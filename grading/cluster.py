@@ -49,7 +49,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -195,8 +194,9 @@ def host_folder() -> str:
 
     setting = "\0".join(f"{k}={os.environ.get(k, '')}" for k in PASSED_ON)
     key = hashlib.sha256(f"{code_digest()}\0{sys.executable}\0{setting}".encode()).hexdigest()[:16]
-    base = tempfile.gettempdir()
-    return os.path.join(base if len(base) <= 40 else "/tmp", f"bn-zygotes-{os.getuid()}-{key}")
+    from .cleanup import socket_base
+
+    return os.path.join(socket_base(), f"bn-zygotes-{os.getuid()}-{key}")
 
 
 def refusal(code: str = "") -> str | None:
@@ -350,7 +350,7 @@ def grade_all(scheduler: str, root: Path, work: list[tuple[str, str, str]], sett
     try:
         from . import jail
 
-        needed = sorted({jail.preload_for(root / "solutions" / a / f"{a}.ipynb") for a, _, _ in work} - {()})
+        needed = jail.zygotes_needed(root, {a for a, _, _ in work})
         if needed:  # as a local run does: they import while the workers grade the numpy hand-ins
             client.run(start_zygotes, needed, workers=able)  # returns once each has started them, not imported
         bundles = {}

@@ -135,6 +135,11 @@ def preload_for(source_notebook: Path) -> tuple[str, ...]:
     return frameworks_of(source_notebook) if preloading() else ()
 
 
+def zygotes_needed(course_root: Path, assignments) -> list[tuple[str, ...]]:
+    """The framework sets of the zygotes a class of ``assignments`` needs besides numpy's (:func:`preload_for`)."""
+    return sorted({preload_for(Path(course_root) / "solutions" / a / f"{a}.ipynb") for a in assignments} - {()})
+
+
 # ------------------------------------------------------- the jail's steps --
 def _sys(name: str, *args) -> None:
     """Call a libc function; raise OSError on failure."""
